@@ -1,0 +1,195 @@
+"""Loading and saving weights, apart from the model.
+
+Our format: safetensors with the model config in its metadata (key "mambaesr_edge.config"), so one file fully
+describes its model. Outside checkpoints: DVMSR's plain state_dict and BasicSR's {'params', 'params_ema'} .pth
+files, read with `torch.load(weights_only=True)`: a pickle that carries code is refused, never executed.
+Configs of outside checkpoints are inferred from tensor shapes; a preset, when given, must match them exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ArchitectureMismatchError, WeightsError
+from .fileio import atomic_write
+from .model import MambaSR
+from .presets import ModelConfig, get_preset
+from .resources import default_weights_path
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = "mambaesr_edge.config"
+FORMAT_KEY = "mambaesr_edge.format"
+FORMAT = "1"
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    state_dict: dict[str, torch.Tensor]
+    config: ModelConfig | None  # from our metadata; None for outside checkpoints
+    metadata: dict[str, str]
+    sha256: str
+    source: str  # "mambaesr-edge", "state_dict", "basicsr:params_ema", ...
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_weights(path: str | Path, param_key: str | None = None) -> LoadedWeights:
+    """Read a weights file (.safetensors, .pth, .pt) without building a model. Never unpickles code."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}", hint="check the path given to --weights")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return _read_torch(path, param_key)
+
+
+def _read_safetensors(path: Path) -> LoadedWeights:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"corrupt or unreadable safetensors file {path}: {exc}", hint="re-download or re-export it") from exc
+    config = ModelConfig.from_json(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else None
+    return LoadedWeights(tensors, config, metadata, sha256_file(path), "mambaesr-edge" if config else "safetensors")
+
+
+def _read_torch(path: Path, param_key: str | None) -> LoadedWeights:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"refused to load {path}: its pickle carries code or objects other than tensors ({_first_line(exc)})",
+            hint="only plain state_dicts load; convert the file to .safetensors where it was made",
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise WeightsError(f"corrupt or unreadable weights file {path}: {_first_line(exc)}", hint="re-download it") from exc
+    state_dict, source = _unwrap(obj, param_key, path)
+    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    return LoadedWeights(state_dict, None, {}, sha256_file(path), source)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _unwrap(obj: object, param_key: str | None, path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Find the state dict: a plain one, or BasicSR's {'params', 'params_ema'} (params_ema first unless asked)."""
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state_dict", hint="save model.state_dict()")
+    wrapped = [key for key in ("params_ema", "params", "state_dict", "model") if isinstance(obj.get(key), dict)]
+    if param_key is not None:
+        if param_key not in obj or not isinstance(obj[param_key], dict):
+            raise WeightsError(f"{path} has no {param_key!r} entry", hint=f"its top-level keys are {sorted(obj)[:8]}")
+        return obj[param_key], f"basicsr:{param_key}"
+    if wrapped:
+        return obj[wrapped[0]], f"basicsr:{wrapped[0]}"
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} is a dict but not a state_dict of tensors", hint="pass --param-key to pick the entry")
+    return obj, "state_dict"
+
+
+def infer_config(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> ModelConfig:
+    """Read a DVMSR-layout config off tensor shapes (orders and block residual cannot be seen: raster, none)."""
+    try:
+        embed_dim, in_channels = state_dict["conv_first.weight"].shape[:2]
+        groups = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("layers."))
+        blocks = 1 + max(int(k.split(".")[4]) for k in state_dict if k.startswith("layers.0.residual_group.blocks."))
+        prefix = "layers.0.residual_group.blocks.0.mixer."
+        d_inner, d_state = state_dict[prefix + "A_log"].shape
+        d_conv = state_dict[prefix + "conv1d.weight"].shape[-1]
+        dt_rank = state_dict[prefix + "dt_proj.weight"].shape[1]
+        up_channels = state_dict["upsample.0.weight"].shape[0]
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ArchitectureMismatchError(
+            f"these weights are not a DVMSR-layout network (missing {exc})",
+            hint=f"first keys: {sorted(state_dict)[:5]}; pass --preset only for mambaesr-edge/DVMSR weights",
+        ) from exc
+    inferred_scale = round((up_channels / in_channels) ** 0.5)
+    return ModelConfig(
+        scale=scale or inferred_scale,
+        in_channels=int(in_channels),
+        embed_dim=int(embed_dim),
+        groups=groups,
+        blocks_per_group=blocks,
+        d_state=int(d_state),
+        expand=int(d_inner) // int(embed_dim),
+        d_conv=int(d_conv),
+        dt_rank=int(dt_rank),
+    )
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
+    """Strict key and shape check; the error lists missing, unexpected and mis-shaped keys."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mis_shaped = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state_dict))
+        if state_dict[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mis_shaped:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
+            if items:
+                parts.append(f"{len(items)} {label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}")
+        raise ArchitectureMismatchError(
+            f"weights {name} do not fit the model: " + "; ".join(parts),
+            hint="pick the preset the weights were trained with (--preset), or omit --preset to infer it",
+        )
+
+
+def load_model(
+    weights: str | Path | None = None,
+    preset: str | None = None,
+    *,
+    scan_impl: str = "auto",
+    param_key: str | None = None,
+) -> tuple[MambaSR, LoadedWeights]:
+    """Build a model and load weights into it (eval mode, CPU). Without `weights`, the shipped default model.
+
+    The config comes from the file's metadata, else from `preset`, else is inferred from the shapes.
+    """
+    path = Path(weights) if weights is not None else default_weights_path()
+    loaded = read_weights(path, param_key)
+    if preset is not None:
+        config = get_preset(preset)
+        if loaded.config is not None and loaded.config != config:
+            log.info("--preset %s overrides the config stored in %s", preset, path.name)
+    else:
+        config = loaded.config or infer_config(loaded.state_dict)
+    model = MambaSR(config, scan_impl=scan_impl)
+    check_state_dict(model, loaded.state_dict, path.name)
+    tensors = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in loaded.state_dict.items()}
+    model.load_state_dict(tensors, strict=True)
+    return model.eval(), loaded
+
+
+def save_weights(model: MambaSR, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write our format: safetensors + config metadata, atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    metadata = {CONFIG_KEY: model.config.to_json(), FORMAT_KEY: FORMAT, **(extra_metadata or {})}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path

@@ -1,0 +1,201 @@
+"""The `mambaesr-edge` command line: a thin face over the library.
+
+User errors (MambaESRError) print one line and a hint and exit 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ImageError, MambaESRError
+from .scan import SCAN_IMPLS
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="mambaesr-edge: a Mamba super-resolution model from training to the Jetson camera.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+WeightsOpt = typer.Option(None, "--weights", "-w", help="Weights (.safetensors, .pth). Default: the shipped model.")
+PresetOpt = typer.Option(None, "--preset", "-p", help="Preset the weights were trained with (default: from the file).")
+ScanOpt = typer.Option("auto", "--scan", help=f"Selective-scan implementation: {', '.join(SCAN_IMPLS)}.")
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice)."),
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _check_scan(scan: str) -> str:
+    if scan not in SCAN_IMPLS:
+        raise typer.BadParameter(f"{scan!r} is not one of {', '.join(SCAN_IMPLS)}", param_hint="--scan")
+    return scan
+
+
+@app.command("eval")
+def eval_command(
+    dataset: list[Path] = typer.Option(..., "--dataset", "-d", help="Folder NAME/ holding HR/ (+ LR_bicubic/X<scale>/)."),
+    weights: Optional[Path] = WeightsOpt,
+    preset: Optional[str] = PresetOpt,
+    scale: int = typer.Option(4, "--scale", help="Upscaling factor of the LR inputs."),
+    scan: str = ScanOpt,
+    rgb: bool = typer.Option(False, "--rgb", help="Also report PSNR on RGB."),
+    param_key: Optional[str] = typer.Option(None, "--param-key", help="Entry of a BasicSR .pth (params_ema or params)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
+) -> None:
+    """Y-channel PSNR / SSIM (border = scale, MATLAB conventions) on benchmark folders."""
+    from .checkpoint import load_model
+    from .evaluate import evaluate_dataset
+    from .fileio import atomic_write
+    from .model import count_parameters
+
+    model, loaded = load_model(weights, preset, scan_impl=_check_scan(scan), param_key=param_key)
+    results = [evaluate_dataset(model, d, scale=scale, rgb_psnr=rgb) for d in dataset]
+    table = Table(title=f"x{scale}  {weights or 'default model'}  ({count_parameters(model):,} params, scan {scan})")
+    for column in ("dataset", "images", "PSNR (Y)", "SSIM (Y)", *(("PSNR (RGB)",) if rgb else ()), "seconds"):
+        table.add_column(column, justify="left" if column == "dataset" else "right")
+    for r in results:
+        extra = (f"{r.psnr_rgb:.3f}",) if rgb else ()
+        table.add_row(r.name, str(r.images), f"{r.psnr:.3f}", f"{r.ssim:.4f}", *extra, f"{r.seconds:.1f}")
+    console.print(table)
+    if json_out is not None:
+        report = {
+            "datasets": {r.name: r.to_dict() for r in results},
+            "params": count_parameters(model),
+            "weights": str(weights) if weights else "default",
+            "weights_sha256": loaded.sha256,
+            "config": json.loads(model.config.to_json()),
+            "scale": scale,
+            "scan": scan,
+        }
+        with atomic_write(json_out) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {json_out}")
+
+
+@app.command("upscale")
+def upscale_command(
+    image: Path = typer.Argument(..., help="Input image."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output image (format from its suffix)."),
+    weights: Optional[Path] = WeightsOpt,
+    preset: Optional[str] = PresetOpt,
+    scan: str = ScanOpt,
+) -> None:
+    """Upscale one image with the whole image as one input (tiling comes with the runtime)."""
+    from .checkpoint import load_model
+    from .evaluate import super_resolve
+    from .images import load_image, save_image
+
+    if output.resolve() == image.resolve():
+        raise ImageError(f"output path is the input path: {image}", hint="choose another -o so the input is kept")
+    lr = load_image(image)
+    model, _ = load_model(weights, preset, scan_impl=_check_scan(scan))
+    start = time.perf_counter()
+    sr = super_resolve(model, lr)
+    seconds = time.perf_counter() - start
+    save_image(output, sr)
+    console.print(f"{image} {lr.shape[1]}x{lr.shape[0]} -> {output} {sr.shape[1]}x{sr.shape[0]} in {seconds:.2f} s")
+
+
+@app.command("demo")
+def demo_command(
+    out_dir: Path = typer.Option(Path("mambaesr_demo"), "--out", "-o", help="Folder for the demo images."),
+    scan: str = ScanOpt,
+) -> None:
+    """Main job on the shipped default model: downscale the shipped sample x4, super-resolve it, compare with bicubic."""
+    from .checkpoint import load_model
+    from .evaluate import super_resolve
+    from .images import load_image, save_image
+    from .metrics import bicubic_downscale_uint8, bicubic_upscale_uint8, psnr, ssim
+    from .model import count_parameters
+    from .resources import sample_image_path
+
+    model, loaded = load_model(scan_impl=_check_scan(scan))
+    scale = model.scale
+    hr = load_image(sample_image_path())
+    hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
+    lr = bicubic_downscale_uint8(hr, scale)
+    start = time.perf_counter()
+    sr = super_resolve(model, lr)
+    seconds = time.perf_counter() - start
+    bicubic = bicubic_upscale_uint8(lr, scale)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, array in (("lr", lr), ("bicubic_x4", bicubic), ("sr_x4", sr), ("hr", hr)):
+        save_image(out_dir / f"sample_{name}.png", array)
+    table = Table(title=f"default model ({count_parameters(model):,} params), sample {lr.shape[1]}x{lr.shape[0]} -> x{scale}")
+    for column in ("method", "PSNR (Y)", "SSIM (Y)"):
+        table.add_column(column)
+    table.add_row("bicubic", f"{psnr(bicubic, hr, crop_border=scale):.2f}", f"{ssim(bicubic, hr, crop_border=scale):.4f}")
+    table.add_row("mambaesr-edge", f"{psnr(sr, hr, crop_border=scale):.2f}", f"{ssim(sr, hr, crop_border=scale):.4f}")
+    console.print(table)
+    console.print(f"super-resolved in {seconds:.2f} s on CPU; images in {out_dir}/")
+
+
+@app.command("presets")
+def presets_command() -> None:
+    """List the model presets with their measured parameter counts."""
+    from .model import MambaSR, count_parameters
+    from .presets import PRESETS
+
+    table = Table(title="presets")
+    for column in ("name", "dim", "groups x blocks", "d_state", "dt rank", "scan orders", "params (x4)"):
+        table.add_column(column)
+    for name, cfg in PRESETS.items():
+        table.add_row(
+            name,
+            str(cfg.embed_dim),
+            f"{cfg.groups} x {cfg.blocks_per_group}",
+            str(cfg.d_state),
+            str(cfg.resolved_dt_rank),
+            ",".join(cfg.scan_orders),
+            f"{count_parameters(MambaSR(cfg)):,}",
+        )
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app; turn user errors into one line + hint and exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="mambaesr-edge", standalone_mode=False)
+    except MambaESRError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        if exc.hint:
+            err_console.print(f"hint: {exc.hint}", highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

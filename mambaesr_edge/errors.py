@@ -1,0 +1,42 @@
+"""Named exceptions. Each carries a message naming the problem and a hint naming the fix.
+
+The CLI turns any `MambaESRError` into one line on stderr plus the hint, and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class MambaESRError(Exception):
+    """Base class for errors caused by the user's input or environment (not by a bug)."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+
+class WeightsError(MambaESRError):
+    """A weights file is missing, unreadable, corrupt or unsafe to load."""
+
+
+class ArchitectureMismatchError(WeightsError):
+    """A state dict does not fit the model config (missing/unexpected keys, wrong shapes)."""
+
+
+class ConfigError(MambaESRError):
+    """A model config or preset name is invalid."""
+
+
+class DatasetError(MambaESRError):
+    """A dataset folder is not laid out as NAME/HR/*.png (+ optional NAME/LR_bicubic/X<scale>)."""
+
+
+class ImageError(MambaESRError):
+    """An image cannot be read, is too small, or cannot be written."""
+
+
+class DependencyMissingError(MambaESRError):
+    """An optional dependency (an extra) is needed for the requested feature but is not installed."""

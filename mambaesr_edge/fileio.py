@@ -1,0 +1,80 @@
+"""Atomic file writing, shared by image saving, checkpoints and JSON reports.
+
+``atomic_write(path)`` yields a temporary path in the target's directory (same suffix, so
+tools that pick a format from the name still work). When the block finishes, the temporary
+file is flushed to disk and renamed onto the target in one step (``os.replace``); when the
+block raises, the temporary file is deleted and the target is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_write"]
+
+logger = logging.getLogger(__name__)
+
+
+def _create_temp(target: Path) -> Path:
+    """Create an empty, uniquely named file next to ``target`` (mode 0o666 minus umask)."""
+    for _ in range(100):
+        candidate = target.with_name(f".{target.stem}.tmp-{secrets.token_hex(4)}{target.suffix}")
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise FileExistsError(f"could not create a unique temporary file next to {target}")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable; not possible (nor needed) on every platform."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path`` atomically.
+
+    The caller writes the complete file to the yielded path (by name). An existing target
+    keeps its permission bits. Raises ``OSError`` when the directory is missing or not
+    writable; any exception from the block propagates after the temporary file is removed.
+    """
+    target = Path(path)
+    tmp = _create_temp(target)
+    try:
+        if target.exists():
+            os.chmod(tmp, target.stat().st_mode & 0o777)
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            logger.warning("could not remove temporary file %s", tmp)
+        raise
+    _fsync_dir(target.parent)

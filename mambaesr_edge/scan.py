@@ -1,0 +1,212 @@
+"""The selective scan (Mamba's S6 recurrence): one pure function, several implementations.
+
+Contract (same as mamba_ssm's `selective_scan_fn`)::
+
+    delta' = softplus(delta + delta_bias)          (each step optional)
+    h_t    = exp(delta'_t * A) * h_{t-1} + delta'_t * B_t * u_t      h_{-1} = 0
+    y_t    = C_t . h_t  + D * u_t
+    y_t    = y_t * silu(z_t)                         (optional)
+
+Glossary (code name -> paper symbol, shape):
+
+    u           x        input sequence                  (batch, dim, L)
+    delta       Delta    step size per channel and token (batch, dim, L)
+    A           A        diagonal state matrix, <= 0     (dim, N)
+    B, C        B, C     input / output projections      (batch, N, L)
+    D           D        skip connection                 (dim,)
+    z           z        gate branch                     (batch, dim, L)
+    decay       A-bar    exp(Delta A), in (0, 1]         (batch, dim, L, N)
+    drive       B-bar x  Delta B u                       (batch, dim, L, N)
+    h           h        hidden state                    (batch, dim, L, N)
+    N           N        d_state
+
+Implementations (`impl=`):
+
+- ``"reference"``: the sequential definition, one step at a time (fp32; fp64 inputs stay fp64). The ground truth.
+- ``"chunked"``: exportable pure PyTorch, what ONNX and TensorRT get. The linear recurrence h_t = a_t h_{t-1} + b_t is
+  solved by a recursive chunked scan: all chunks of `CHUNK` tokens are scanned at once (CHUNK vectorised steps),
+  then the same scan runs over the chunks' end states, then one fix-up. No Python loop over L: the loops run over
+  the CHUNK positions of a chunk and over the recursion depth log_CHUNK(L), both fixed once L is, so tracing gives
+  a static graph with no Loop/Scan op. Only non-positive numbers are ever exponentiated (exp(delta*A) with delta >= 0, A <= 0) and
+  only products of decays in (0, 1] are formed, so nothing can overflow for any valid input and any L. Functional:
+  no in-place ops. Math in fp32 even for fp16/bf16 inputs.
+- ``"mamba_ssm"``: the CUDA kernel from the optional `mamba-ssm` package.
+- ``"auto"``: ``mamba_ssm`` for CUDA tensors when that package is installed, else ``chunked``.
+
+Valid inputs: delta >= 0 after bias/softplus and A <= 0 (as in every Mamba model, A = -exp(A_log)).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, DependencyMissingError
+
+SCAN_IMPLS = ("auto", "reference", "chunked", "mamba_ssm")
+CHUNK = 16  # tokens per chunk of the exportable scan; see benchmarks/scan_cpu.py for the measured trade-off
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    *,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Run the selective scan. Shapes: u, delta, z (batch, dim, L); A (dim, N); B, C (batch, N, L). Returns (batch, dim, L)."""
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    impl = resolve_impl(impl, u.device)
+    if impl == "mamba_ssm":
+        return _scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    fn = _scan_reference if impl == "reference" else _scan_chunked
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """Turn "auto" into a concrete implementation name; reject unknown or unavailable ones with a clear error."""
+    if impl not in SCAN_IMPLS:
+        raise ConfigError(f"unknown scan implementation {impl!r}", hint=f"choose one of {', '.join(SCAN_IMPLS)}")
+    has_mamba_ssm = importlib.util.find_spec("mamba_ssm") is not None
+    if impl == "auto":
+        return "mamba_ssm" if device.type == "cuda" and has_mamba_ssm else "chunked"
+    if impl == "mamba_ssm":
+        if not has_mamba_ssm:
+            raise DependencyMissingError(
+                "scan impl 'mamba_ssm' needs the mamba-ssm package, which is not installed",
+                hint="on a CUDA machine: pip install 'mambaesr-edge[mamba-ssm]'; elsewhere use --scan chunked",
+            )
+        if device.type != "cuda":
+            raise ConfigError("scan impl 'mamba_ssm' runs on CUDA tensors only", hint="use --scan chunked on CPU")
+    return impl
+
+
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"u must be (batch, dim, L), got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    n_state = A.shape[-1]
+    expected = {
+        "delta": (delta, (batch, dim, length)),
+        "A": (A, (dim, n_state)),
+        "B": (B, (batch, n_state, length)),
+        "C": (C, (batch, n_state, length)),
+        "D": (D, (dim,)),
+        "z": (z, (batch, dim, length)),
+        "delta_bias": (delta_bias, (dim,)),
+    }
+    for name, (tensor, shape) in expected.items():
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} for u of shape {tuple(u.shape)}, got {tuple(tensor.shape)}")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def stable_softplus(x: torch.Tensor) -> torch.Tensor:
+    """softplus(x) = max(x, 0) + log1p(exp(-|x|)): never exponentiates a positive number (safe in any precision)."""
+    return torch.clamp(x, min=0.0) + torch.log1p(torch.exp(-torch.abs(x)))
+
+
+def _prepare_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(delta.dtype)[:, None]  # (batch, dim, L)
+    return stable_softplus(delta) if delta_softplus else delta  # (batch, dim, L)
+
+
+def _finish(y, u, D, z, out_dtype):
+    if D is not None:
+        y = y + u * D.to(y.dtype)[:, None]  # (batch, dim, L)
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))  # (batch, dim, L)
+    return y.to(out_dtype)
+
+
+def _scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.Tensor:
+    """Sequential definition: one recurrence step per token."""
+    out_dtype = u.dtype
+    dtype = _compute_dtype(u.dtype)
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)  # (batch, dim, L)
+    batch, dim, length = u.shape
+    h = u.new_zeros(batch, dim, A.shape[-1])  # (batch, dim, N)
+    ys = []
+    block = 1024  # decays and drives are precomputed a block of tokens at a time to bound memory
+    for start in range(0, length, block):
+        d_blk = delta[:, :, start : start + block]  # (batch, dim, T)
+        decay = torch.exp(d_blk.unsqueeze(-1) * A[:, None, :])  # (batch, dim, T, N)
+        drive = (d_blk * u[:, :, start : start + block]).unsqueeze(-1) * B[:, None, :, start : start + block].transpose(
+            -1, -2
+        )  # (batch, dim, T, N)
+        c_blk = C[:, :, start : start + block]  # (batch, N, T)
+        for t in range(d_blk.shape[-1]):
+            h = decay[:, :, t] * h + drive[:, :, t]  # (batch, dim, N)
+            ys.append(torch.bmm(h, c_blk[:, :, t : t + 1]))  # (batch, dim, 1)
+    y = torch.cat(ys, dim=-1)  # (batch, dim, L)
+    return _finish(y, u, D, z, out_dtype)
+
+
+def _scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.Tensor:
+    """Exportable scan: decays and drives for all tokens, then a log-depth linear recurrence, then y = C . h."""
+    out_dtype = u.dtype
+    dtype = _compute_dtype(u.dtype)
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)  # (batch, dim, L)
+    decay = torch.exp(delta.unsqueeze(-1) * A.unsqueeze(1))  # (batch, dim, L, N)   exp of a number <= 0
+    drive = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # (batch, dim, L, N)
+    h = linear_recurrence(decay, drive)  # (batch, dim, L, N)
+    y = torch.einsum("bdln,bnl->bdl", h, C)  # (batch, dim, L)
+    return _finish(y, u, D, z, out_dtype)
+
+
+def linear_recurrence(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+    """Solve h_t = a_t * h_{t-1} + b_t (h_{-1} = 0) along dim -2 for a in [0, 1]; shapes (..., L, N) -> (..., L, N).
+
+    Recursive chunked scan: every chunk of `chunk` tokens is scanned from a zero state (all chunks at once), the same
+    function runs over the chunks' end states (L / chunk of them), and a fix-up adds each chunk's incoming state
+    times its cumulative decay. Depth log_chunk(L); every op is vectorised over all chunks.
+    """
+    length = a.shape[-2]
+    if length <= chunk:
+        return _within_chunk_scan(a, b)[1]
+    pad = (-length) % chunk
+    a = F.pad(a, (0, 0, 0, pad), value=1.0)  # (..., Lp, N)   identity steps at the end change no earlier output
+    b = F.pad(b, (0, 0, 0, pad))  # (..., Lp, N)
+    n_chunks = (length + pad) // chunk
+    lead, n_state = a.shape[:-2], a.shape[-1]
+    a = a.reshape(*lead, n_chunks, chunk, n_state)  # (..., nc, T, N)
+    b = b.reshape(*lead, n_chunks, chunk, n_state)  # (..., nc, T, N)
+    a_cum, h_local = _within_chunk_scan(a, b)  # (..., nc, T, N) decay since chunk start; state from a zero start
+    h_end = linear_recurrence(a_cum[..., -1, :], h_local[..., -1, :], chunk)  # (..., nc, N) true state at chunk ends
+    h_in = F.pad(h_end[..., :-1, :], (0, 0, 1, 0))  # (..., nc, N) state entering each chunk (zero for the first)
+    h = h_local + a_cum * h_in.unsqueeze(-2)  # (..., nc, T, N)
+    return h.reshape(*lead, n_chunks * chunk, n_state)[..., :length, :]  # (..., L, N)
+
+
+def _within_chunk_scan(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scan along dim -2 of a chunk of T tokens, all chunks at once: T steps on (..., N) slices (T is a constant).
+
+    Returns (cumulative decay from the chunk start, state from a zero start), both (..., T, N).
+    """
+    a_cum, h = [a[..., 0, :]], [b[..., 0, :]]  # (..., N) each
+    for t in range(1, a.shape[-2]):
+        h.append(a[..., t, :] * h[-1] + b[..., t, :])  # (..., N)
+        a_cum.append(a[..., t, :] * a_cum[-1])  # (..., N)
+    return torch.stack(a_cum, dim=-2), torch.stack(h, dim=-2)  # (..., T, N) each
+
+
+def _scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.Tensor:
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    return selective_scan_fn(
+        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=False
+    )
