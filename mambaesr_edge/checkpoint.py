@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import pickletools
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +75,11 @@ def _read_torch(path: Path, param_key: str | None) -> LoadedWeights:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        imports = _pickle_imports(path)
+        if not imports:  # no import at all: the bytes are just not a valid checkpoint
+            raise WeightsError(f"corrupt or unreadable weights file {path}: not a valid checkpoint", hint="re-download it") from exc
         raise WeightsError(
-            f"refused to load {path}: its pickle carries code or objects other than tensors ({_first_line(exc)})",
+            f"refused to load {path}: its pickle imports {', '.join(sorted(imports)[:4])} (code, not just tensors)",
             hint="only plain state_dicts load; convert the file to .safetensors where it was made",
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -83,6 +87,31 @@ def _read_torch(path: Path, param_key: str | None) -> LoadedWeights:
     state_dict, source = _unwrap(obj, param_key, path)
     state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
     return LoadedWeights(state_dict, None, {}, sha256_file(path), source)
+
+
+_SAFE_IMPORT_PREFIXES = ("torch.", "collections.OrderedDict", "numpy.", "_codecs.encode")
+
+
+def _pickle_imports(path: Path) -> set[str]:
+    """Names a pickle would import (read with pickletools, which executes nothing), outside torch's own types."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+        names, strings = set(), []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(arg)
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.add(f"{strings[-2]}.{strings[-1]}")
+            elif opcode.name in ("GLOBAL", "INST"):
+                names.add(str(arg).replace(" ", "."))
+    except (ValueError, zipfile.BadZipFile, OSError, KeyError, EOFError):
+        return set()
+    return {n for n in names if not n.startswith(_SAFE_IMPORT_PREFIXES)}
 
 
 def _first_line(exc: BaseException) -> str:

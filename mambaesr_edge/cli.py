@@ -95,26 +95,48 @@ def eval_command(
 
 @app.command("upscale")
 def upscale_command(
-    image: Path = typer.Argument(..., help="Input image."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output image (format from its suffix)."),
+    image: Path = typer.Argument(..., help="Input image, folder of images, or video (.mp4/.avi/.mov/.mkv; needs the video extra)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output file (format from its suffix) or folder."),
     weights: Optional[Path] = WeightsOpt,
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model: weights, .onnx, .engine or an export bundle folder."),
     preset: Optional[str] = PresetOpt,
     scan: str = ScanOpt,
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="torch, onnxruntime or tensorrt (default: from the model path)."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device profile (e.g. orin-nano, x86-cpu): backend, tile, precision."),
+    cuda: bool = typer.Option(False, "--cuda", help="Run on the CUDA GPU (torch / onnxruntime)."),
+    tile: Optional[int] = typer.Option(None, "--tile", "-t", help="LR tile size; 0 = whole image at once. Default: profile/bundle, else from free memory."),
+    overlap: Optional[int] = typer.Option(None, "--tile-overlap", "--overlap", "--tile-pad", help="Overlap between tiles in LR pixels (default 16)."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Tiles per inference call."),
+    blend: str = typer.Option("cosine", "--blend", help="Tile blending: cosine, cosine-full, uniform, crop."),
+    half: Optional[bool] = typer.Option(None, "--fp16/--fp32", "--half", help="Precision (default: profile/bundle; fp32 on CPU)."),
+    ext: str = typer.Option("auto", "--ext", help="Output format for folders/-o folder: auto (as input), png, jpg, ..."),
+    suffix: str = typer.Option("", "--suffix", help="Appended to output names as NAME_SUFFIX.EXT (folders, -o folder)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (folders: otherwise skipped)."),
 ) -> None:
-    """Upscale one image with the whole image as one input (tiling comes with the runtime)."""
-    from .checkpoint import load_model
-    from .evaluate import super_resolve
-    from .images import load_image, save_image
+    """Upscale an image, a folder (structure mirrored) or a video, tiled with blended overlaps; writes are atomic."""
+    from .runtime.commands import UpscaleRequest, run_upscale
 
-    if output.resolve() == image.resolve():
-        raise ImageError(f"output path is the input path: {image}", hint="choose another -o so the input is kept")
-    lr = load_image(image)
-    model, _ = load_model(weights, preset, scan_impl=_check_scan(scan))
-    start = time.perf_counter()
-    sr = super_resolve(model, lr)
-    seconds = time.perf_counter() - start
-    save_image(output, sr)
-    console.print(f"{image} {lr.shape[1]}x{lr.shape[0]} -> {output} {sr.shape[1]}x{sr.shape[0]} in {seconds:.2f} s")
+    if weights is not None and model is not None:
+        raise typer.BadParameter("give --model or --weights, not both", param_hint="--model")
+    request = UpscaleRequest(
+        input=image,
+        output=output,
+        model=model or weights,
+        preset=preset,
+        scan_impl=_check_scan(scan),
+        backend=backend,
+        device_profile=device,
+        cuda=cuda,
+        tile=tile,
+        overlap=overlap,
+        batch=batch,
+        blend=blend,
+        half=half,
+        ext=ext,
+        suffix=suffix,
+        overwrite=overwrite,
+    )
+    run_upscale(request, console)  # a folder run with failed files raises after finishing the others (exit 2)
 
 
 @app.command("demo")
@@ -151,6 +173,54 @@ def demo_command(
     console.print(f"super-resolved in {seconds:.2f} s on CPU; images in {out_dir}/")
 
 
+@app.command("train")
+def train_command(
+    train_dir: list[Path] = typer.Option([], "--train-dir", help="Folder of HR training images (repeatable)."),
+    preset: str = typer.Option("student", "--preset", "-p", help="Preset of the network to train."),
+    val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Validation set NAME/ with HR/ (e.g. Set5)."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher weights for knowledge distillation."),
+    teacher_preset: Optional[str] = typer.Option(None, "--teacher-preset", help="Teacher preset (default: from the file)."),
+    alpha: float = typer.Option(0.8, "--alpha", help="KD weight: alpha*L1(student,teacher) + (1-alpha)*L1(student,GT)."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="Total optimizer steps [10000]."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Global batch (split over DDP ranks)."),
+    patch: int = typer.Option(64, "--patch", help="LR patch side."),
+    lr: float = typer.Option(2e-4, "--lr", help="Peak learning rate."),
+    schedule: str = typer.Option("cosine", "--schedule", help="cosine or multistep."),
+    milestones: list[int] = typer.Option([], "--milestone", help="multistep: halve the lr at this step (repeatable)."),
+    val_every: int = typer.Option(1000, "--val-every"),
+    ckpt_every: int = typer.Option(1000, "--ckpt-every"),
+    log_every: int = typer.Option(50, "--log-every"),
+    seed: int = typer.Option(0, "--seed"),
+    scan: str = ScanOpt,
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the network."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop with a checkpoint after this long."),
+    out_dir: Path = typer.Option(Path("runs"), "--out", help="Parent folder of run folders."),
+    run_name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default: timestamp_preset)."),
+    init_weights: Optional[Path] = typer.Option(None, "--init", help="Start from these weights."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder exactly."),
+) -> None:
+    """Train a network (plain, or distilled from --teacher); same code under torchrun for several GPUs."""
+    from .train import TrainConfig, load_train_config, train
+
+    if resume is not None:
+        cfg = load_train_config(resume, iterations=iterations, max_minutes=max_minutes)
+    else:
+        cfg = TrainConfig(
+            preset=preset, train_dirs=tuple(str(d) for d in train_dir), val_dir=str(val_dir) if val_dir else None,
+            teacher=str(teacher) if teacher else None, teacher_preset=teacher_preset, alpha=alpha if teacher else 0.0,
+            iterations=iterations or 10_000, batch_size=batch_size, patch=patch, lr=lr, schedule=schedule,
+            milestones=tuple(milestones), val_every=val_every, ckpt_every=ckpt_every, log_every=log_every, seed=seed,
+            scan_impl=_check_scan(scan), compile=compile_model, max_minutes=max_minutes, out_dir=str(out_dir),
+            run_name=run_name, init_weights=str(init_weights) if init_weights else None,
+        )
+    run_dir = train(cfg, resume=resume)
+    console.print(f"run folder: {run_dir}")
+    eval_file = run_dir / "eval.json"
+    if eval_file.is_file():
+        for name, result in json.loads(eval_file.read_text())["datasets"].items():
+            console.print(f"{name}: PSNR {result['psnr']:.3f} dB, SSIM {result['ssim']:.4f}")
+
+
 @app.command("presets")
 def presets_command() -> None:
     """List the model presets with their measured parameter counts."""
@@ -166,11 +236,20 @@ def presets_command() -> None:
             str(cfg.embed_dim),
             f"{cfg.groups} x {cfg.blocks_per_group}",
             str(cfg.d_state),
-            str(cfg.resolved_dt_rank),
+            str(cfg.dt_rank),
             ",".join(cfg.scan_orders),
             f"{count_parameters(MambaSR(cfg)):,}",
         )
     console.print(table)
+
+
+from .export.commands import register as _register_export  # noqa: E402  (export + profiles commands, issue 4)
+
+_register_export(app)
+
+from .bench import register as _register_bench  # noqa: E402  (bench command, issue 6)
+
+_register_bench(app)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="mambaesr-edge", standalone_mode=False)
+        result = app(args=args, prog_name="mambaesr-edge", standalone_mode=False)
+        if isinstance(result, int):  # a command's typer.Exit(code) comes back as the return value here
+            return result
     except MambaESRError as exc:
         if debug:
             raise

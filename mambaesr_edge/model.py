@@ -25,7 +25,7 @@ class Mixer(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        dim, d_inner, n_state, rank = config.embed_dim, config.d_inner, config.d_state, config.resolved_dt_rank
+        dim, d_inner, n_state, rank = config.embed_dim, config.d_inner, config.d_state, config.dt_rank
         self.orders = config.scan_orders
         self.d_state, self.dt_rank = n_state, rank
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)

@@ -51,7 +51,9 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}", hint="fix the model config")
-        if self.dt_rank is not None and (not isinstance(self.dt_rank, int) or self.dt_rank < 1):
+        if self.dt_rank is None:  # DVMSR's rule; stored resolved so equal networks have equal configs
+            object.__setattr__(self, "dt_rank", math.ceil(self.embed_dim / 16))
+        if not isinstance(self.dt_rank, int) or self.dt_rank < 1:
             raise ConfigError(f"dt_rank must be a positive integer or None, got {self.dt_rank!r}", hint="fix the model config")
         if not self.scan_orders:
             raise ConfigError("scan_orders is empty", hint="use at least one order, e.g. ('raster',)")
@@ -66,10 +68,6 @@ class ModelConfig:
     @property
     def d_inner(self) -> int:
         return self.expand * self.embed_dim
-
-    @property
-    def resolved_dt_rank(self) -> int:
-        return self.dt_rank if self.dt_rank is not None else math.ceil(self.embed_dim / 16)
 
     @property
     def n_mixers(self) -> int:
