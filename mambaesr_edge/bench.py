@@ -1,0 +1,413 @@
+"""Latency and power benchmark of any inference backend (docs/interfaces.md `Backend`).
+
+`run_bench` does, with a power sampler running throughout: warm-up inferences, an idle window (power at rest, the
+baseline), then N timed inferences, each device-synchronised (`backend.synchronize()`), timed on time.monotonic(),
+the clock the samplers stamp their samples with. Ctrl-C during the measurement returns what was measured, marked
+partial; a sampler that dies mid-run leaves a gap that the report marks. `bench_report` turns a result into the report
+(JSON, CSV, PNG, table). `register(app)` adds the `mambaesr-edge bench` command.
+"""
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import MambaESRError
+from .power import NullSampler, PowerSampler, Sample
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BenchError", "BenchResult", "register", "run_bench", "tiles_per_frame"]
+
+
+class BenchError(MambaESRError):
+    """Invalid benchmark settings, or a backend that does not behave as the Backend protocol says."""
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Raw measurements of one run. Times are time.monotonic() seconds; `origin` is when the run started."""
+
+    backend: str
+    scale: int
+    tile_hw: tuple[int, int]
+    batch: int
+    frame_hw: tuple[int, int]  # the LR frame that frames/s is stated for, (height, width)
+    overlap: int
+    warmup: int
+    samples_requested: int
+    origin: float
+    warmup_window: tuple[float, float]
+    idle_window: tuple[float, float]
+    inference_window: tuple[float, float]
+    starts: tuple[float, ...]  # start time of each timed inference
+    latencies_s: tuple[float, ...]
+    power_samples: tuple[Sample, ...]
+    sampler: dict[str, Any]  # sampler.describe()
+    power_available: bool
+    power_reason: str  # why power is unavailable ("" when available)
+    sampler_error: str | None  # why the sampler stopped early, if it did
+    max_gap_s: float
+    partial: bool
+    partial_reason: str = ""
+
+    @property
+    def completed(self) -> int:
+        return len(self.latencies_s)
+
+
+def tiles_per_frame(frame_hw: tuple[int, int], tile_hw: tuple[int, int], overlap: int) -> int:
+    """Tiles of `tile_hw` (stride tile - overlap) that cover a frame, as fixed-shape tiled inference needs."""
+
+    def along(length: int, tile: int) -> int:
+        if length <= tile:
+            return 1
+        return 1 + math.ceil((length - tile) / (tile - overlap))
+
+    return along(frame_hw[0], tile_hw[0]) * along(frame_hw[1], tile_hw[1])
+
+
+def _check_args(backend: Any, samples: int, warmup: int, idle_seconds: float, tile_hw, batch: int, overlap: int) -> None:
+    if samples < 1:
+        raise BenchError(f"--samples must be at least 1, got {samples}", hint="e.g. --samples 1000 (the seed paper's count)")
+    if warmup < 0:
+        raise BenchError(f"--warmup must be >= 0, got {warmup}", hint="e.g. --warmup 10")
+    if not idle_seconds >= 0 or math.isinf(idle_seconds):
+        raise BenchError(f"--idle-seconds must be a finite number >= 0, got {idle_seconds}", hint="e.g. --idle-seconds 5")
+    if batch < 1:
+        raise BenchError(f"--batch must be at least 1, got {batch}", hint="e.g. --batch 1")
+    if min(tile_hw) < 1:
+        raise BenchError(f"tile must be at least 1x1, got {tile_hw}", hint="e.g. --tile 64")
+    if not 0 <= overlap < min(tile_hw):
+        raise BenchError(f"overlap {overlap} must be >= 0 and smaller than the tile {tile_hw}", hint="e.g. overlap 8")
+    fixed = getattr(backend, "input_hw", None)
+    if fixed is not None and tuple(fixed) != tuple(tile_hw):
+        raise BenchError(
+            f"the {backend.name} backend takes only {fixed[0]}x{fixed[1]} tiles, not {tile_hw[0]}x{tile_hw[1]}",
+            hint=f"use --tile {fixed[0]} or export the model at the tile you want",
+        )
+    max_batch = getattr(backend, "max_batch", None)
+    if max_batch is not None and batch > max_batch:
+        raise BenchError(f"the {backend.name} backend takes at most batch {max_batch}", hint=f"use --batch {max_batch}")
+
+
+def _check_output(backend: Any, x: np.ndarray, y: Any) -> None:
+    n, c, h, w = x.shape
+    want = (n, c, backend.scale * h, backend.scale * w)
+    if not isinstance(y, np.ndarray) or tuple(y.shape) != want:
+        got = getattr(y, "shape", type(y).__name__)
+        raise BenchError(f"the {backend.name} backend returned {got} for input {x.shape}; expected {want}",
+                         hint="the backend does not follow the Backend protocol (docs/interfaces.md)")
+
+
+def run_bench(
+    backend: Any,
+    *,
+    samples: int,
+    warmup: int = 10,
+    idle_seconds: float = 5.0,
+    sampler: PowerSampler | None = None,
+    tile: int | tuple[int, int] = 64,
+    batch: int = 1,
+    frame_hw: tuple[int, int] = (1080, 1920),
+    overlap: int = 0,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> BenchResult:
+    """Benchmark `backend` (anything with name, scale, input_hw, max_batch, run, synchronize) on random tiles.
+
+    Raises BenchError for bad settings; a KeyboardInterrupt during warm-up, idle or timing ends the run early and the
+    result is returned with partial=True (the caller decides what to do next).
+    """
+    tile_hw = (tile, tile) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
+    _check_args(backend, samples, warmup, idle_seconds, tile_hw, batch, overlap)
+    sampler = sampler if sampler is not None else NullSampler()
+    x = np.random.default_rng(seed).random((batch, 3, *tile_hw), dtype=np.float32)  # (N, 3, h, w) in [0, 1)
+    starts: list[float] = []
+    latencies: list[float] = []
+    partial_reason = ""
+    origin = time.monotonic()
+    warm = idle = infer = (origin, origin)
+    sampler.start()
+    try:
+        try:
+            t = time.monotonic()
+            for i in range(warmup):
+                y = backend.run(x)
+                backend.synchronize()
+                if i == 0:
+                    _check_output(backend, x, y)
+            warm = (t, time.monotonic())
+            idle = (warm[1], warm[1])
+            time.sleep(idle_seconds)
+            idle = (warm[1], time.monotonic())
+            infer = (idle[1], idle[1])
+            for i in range(samples):
+                t0 = time.monotonic()
+                y = backend.run(x)
+                backend.synchronize()
+                t1 = time.monotonic()
+                starts.append(t0)
+                latencies.append(t1 - t0)
+                infer = (infer[0], t1)
+                if i == 0 and warmup == 0:
+                    _check_output(backend, x, y)
+                if progress is not None:
+                    progress(i + 1, samples)
+            if sampler.available:  # one more reading after the window, so its end is covered
+                time.sleep(min(2 * sampler.interval_s, 1.0))
+        except KeyboardInterrupt:
+            partial_reason = f"interrupted after {len(latencies)} of {samples} timed inferences"
+            log.warning("benchmark %s", partial_reason)
+    finally:
+        power_samples = sampler.stop()
+    describe = sampler.describe()
+    return BenchResult(
+        backend=str(backend.name), scale=int(backend.scale), tile_hw=tile_hw, batch=batch, frame_hw=tuple(frame_hw),
+        overlap=overlap, warmup=warmup, samples_requested=samples, origin=origin, warmup_window=warm,
+        idle_window=idle, inference_window=infer, starts=tuple(starts), latencies_s=tuple(latencies),
+        power_samples=tuple(power_samples), sampler=describe, power_available=bool(sampler.available),
+        power_reason="" if sampler.available else str(describe.get("reason", "no sampler")),
+        sampler_error=sampler.error, max_gap_s=max(5 * sampler.interval_s, 0.5),
+        partial=bool(partial_reason), partial_reason=partial_reason,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The `mambaesr-edge bench` command. Backends come from the runtime (runtime.backends.open_backend); a network that
+# should run in ONNX Runtime without an .onnx file (the default model, --preset, or --model weights) is exported here
+# to a temporary static-shape ONNX with the exportable `chunked` scan.
+
+_PROFILE_BACKENDS = {"tensorrt": "tensorrt", "onnxruntime-cpu": "onnxruntime", "onnxruntime-cuda": "onnxruntime",
+                     "torch": "torch"}
+DEFAULT_TILE_CAP = 64  # the seed paper's 64x64 tile: the default compares devices at the same tile
+
+
+def _network(model: Path | None, preset: str | None, scan: str) -> tuple[Any, dict[str, Any]]:
+    """(MambaSR, description) for weights, the shipped default, or a randomly initialised --preset."""
+    from .checkpoint import load_model
+    from .errors import WeightsError
+    from .model import MambaSR, count_parameters
+    from .presets import get_preset
+    from .resources import default_weights_path
+
+    if model is None and preset is None:
+        try:
+            default_weights_path()
+        except WeightsError as exc:
+            preset = "student"
+            log.warning("%s; benchmarking a randomly initialised %s network instead (speed does not depend on the "
+                        "weights' values)", exc.message, preset)
+    if model is None and preset is not None:
+        net = MambaSR(get_preset(preset), scan_impl=scan).eval()
+        return net, {"weights": f"random init ({preset} preset)", "preset": preset, "params": count_parameters(net)}
+    net, loaded = load_model(model, preset, scan_impl=scan)
+    return net, {"weights": str(model) if model else "shipped default", "weights_sha256": loaded.sha256,
+                 "preset": preset, "params": count_parameters(net)}
+
+
+def export_onnx_for_bench(net: Any, path: Path, tile_hw: tuple[int, int], batch: int) -> Path:
+    """Static (batch, 3, h, w) ONNX of `net` through the exportable `chunked` scan, input "lr", output "sr"."""
+    import warnings
+
+    import torch
+
+    class _Chunked(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x, scan_impl="chunked")
+
+    example = torch.rand(batch, 3, *tile_hw)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(_Chunked(net.eval()), (example,), str(path), input_names=["lr"], output_names=["sr"],
+                          opset_version=17, dynamo=False)
+    return path
+
+
+def open_bench_backend(backend: str, *, model: Path | None, bundle: Path | None, preset: str | None, scan: str,
+                       tile_hw: tuple[int, int], batch: int, run_on: str, precision: str, threads: int | None,
+                       workdir: Path) -> tuple[Any, dict[str, Any]]:
+    """(backend, description of the model) for the bench command."""
+    from .runtime.backends import open_backend
+
+    source = bundle if bundle is not None else model
+    if source is not None and (bundle is not None or model.suffix.lower() in (".onnx", ".engine", ".plan", ".trt")):
+        opened = open_backend(source, backend, device=run_on, precision=precision, threads=threads)
+        return opened, {"weights": str(source)}
+    if backend == "tensorrt":
+        raise BenchError("the tensorrt backend needs an engine: pass --bundle DIR (with model.engine) or --model X.engine",
+                         hint="mambaesr-edge export --device PROFILE, then mambaesr-edge build-engine BUNDLE on the device")
+    net, description = _network(model, preset, scan)
+    if backend == "torch":
+        from .runtime.backends.torch import TorchBackend
+        from .scan import resolve_impl
+
+        opened = TorchBackend(net, device=run_on, precision=precision, scan_impl=scan)
+        return opened, {**description, "scan": resolve_impl(scan, opened.device)}
+    onnx_path = export_onnx_for_bench(net, workdir / "model.onnx", tile_hw, batch)
+    opened = open_backend(onnx_path, "onnxruntime", device=run_on, threads=threads)
+    return opened, {**description, "scan": "chunked", "onnx": f"exported for this run at {tile_hw[0]}x{tile_hw[1]}, "
+                                                          f"batch {batch}, opset 17"}
+
+
+def _machine() -> dict[str, Any]:
+    import os
+    import platform
+    import sys
+
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(),
+                            "python": platform.python_version()}
+    torch = sys.modules.get("torch")  # only when a backend already loaded it
+    if torch is not None and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    if Path("/etc/nv_tegra_release").is_file():
+        info["nv_tegra_release"] = Path("/etc/nv_tegra_release").read_text().strip().splitlines()[0]
+    return info
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    found = {"mambaesr_edge": __version__}  # also when run from a checkout that is not pip-installed
+    for package in ("numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def register(app: Any) -> None:
+    """Add `mambaesr-edge bench` to the typer app."""
+    import typer
+
+    # (no `from __future__ import annotations` in this module: typer reads these annotations, typer.Context included)
+    @app.command("bench")
+    def bench_command(
+        ctx: typer.Context,
+        samples: int = typer.Option(1000, "--samples", "-n", help="Timed inferences (the seed paper used 1000)."),
+        device: str = typer.Option("x86-cpu", "--device", help="Device profile (mambaesr-edge profiles)."),
+        backend: str | None = typer.Option(None, "--backend", help="torch, onnxruntime or tensorrt (default: the profile's)."),
+        model: Path | None = typer.Option(None, "--model", help="Weights (.safetensors/.pth), .onnx or .engine."),
+        bundle: Path | None = typer.Option(None, "--bundle", help="An export bundle folder."),
+        preset: str | None = typer.Option(None, "--preset", "-p",
+                                             help="Preset of --model; without --model: a random-init network of it."),
+        tile: int | None = typer.Option(None, "--tile", help=f"LR tile side (default: the profile's, at most {DEFAULT_TILE_CAP})."),
+        batch: int | None = typer.Option(None, "--batch", help="Tiles per inference (default: the profile's)."),
+        frame: str = typer.Option("1920x1080", "--frame", help="LR frame WxH that frames/s is stated for."),
+        overlap: int | None = typer.Option(None, "--overlap", help="Tile overlap for frames/s (default: the profile's, at most tile/4)."),
+        warmup: int = typer.Option(10, "--warmup", help="Untimed inferences first."),
+        idle_seconds: float = typer.Option(5.0, "--idle-seconds", help="Idle window measured before timing."),
+        power: str = typer.Option("auto", "--power", help="auto, tegrastats, jtop, nvml or none."),
+        power_interval_ms: float | None = typer.Option(None, "--power-interval", help="Sampling interval in ms."),
+        run_on: str | None = typer.Option(None, "--run-on", help="cpu, cuda or auto (default: cpu for CPU profiles, else auto)."),
+        precision: str | None = typer.Option(None, "--precision", help="fp32 or fp16 (default: the profile's; fp32 on cpu)."),
+        scan: str = typer.Option("auto", "--scan", help="Scan implementation for the torch backend."),
+        out_dir: Path = typer.Option(Path("bench_out"), "--out", "-o", help="Folder for the JSON, CSVs and PNG."),
+        name: str = typer.Option("bench", "--name", help="File name stem of the outputs."),
+        note: str = typer.Option("", "--note", help="Free text kept in the JSON (power mode, conditions ...)."),
+    ) -> None:
+        """Latency, throughput and power of one backend: warm-up, idle baseline, N timed inferences."""
+        import tempfile
+
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TimeRemainingColumn,
+        )
+        from rich.table import Table
+
+        from .bench_report import check_output_dir, summary_rows, write_reports
+        from .power import select_sampler
+        from .profiles import load_profile
+
+        console = Console()
+        if samples < 1:
+            raise BenchError(f"--samples must be at least 1, got {samples}", hint="e.g. --samples 1000")
+        if model is not None and bundle is not None:
+            raise BenchError("--model and --bundle are exclusive", hint="pass one of them")
+        try:
+            frame_w, frame_h = (int(v) for v in frame.lower().split("x"))
+        except ValueError as exc:
+            raise BenchError(f"--frame must be WxH, got {frame!r}", hint="e.g. --frame 1920x1080") from exc
+        profile = load_profile(device)
+        backend_name = backend or _PROFILE_BACKENDS.get(profile.backend, "onnxruntime")
+        run_on = run_on or ("cpu" if profile.backend == "onnxruntime-cpu" else "auto")
+        precision = precision or ("fp32" if run_on == "cpu" else profile.precision)
+        tile = tile if tile is not None else min(profile.tile, DEFAULT_TILE_CAP)
+        batch = batch if batch is not None else profile.batch
+        overlap = overlap if overlap is not None else min(profile.overlap, tile // 4)
+        threads = ctx.find_root().params.get("threads")  # mambaesr-edge --threads N bench ...
+        check_output_dir(out_dir)
+        interval = power_interval_ms / 1000 if power_interval_ms is not None else None
+        sampler = select_sampler(profile, override=power, interval_s=interval)
+        if sampler.available:
+            console.print(f"power: {sampler.name} (every {sampler.interval_s * 1000:.0f} ms)")
+        else:
+            console.print(f"power: unavailable ({sampler.describe()['reason']})", highlight=False)
+        started, load_before = _utc_now(), _load_average()
+        with tempfile.TemporaryDirectory(prefix="mambaesr-bench-") as work:
+            opened, model_info = open_bench_backend(
+                backend_name, model=model, bundle=bundle, preset=preset, scan=scan, tile_hw=(tile, tile), batch=batch,
+                run_on=run_on, precision=precision, threads=threads, workdir=Path(work))
+            console.print(f"{opened.name}: {model_info.get('weights')}, tile {tile}x{tile}, batch {batch}, "
+                          f"{warmup} warm-up, {idle_seconds:g} s idle, {samples} timed", highlight=False)
+            columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=console, transient=True) as bar:
+                task = bar.add_task("inferences", total=samples)
+                result = run_bench(opened, samples=samples, warmup=warmup, idle_seconds=idle_seconds, sampler=sampler,
+                                   tile=tile, batch=batch, frame_hw=(frame_h, frame_w), overlap=overlap,
+                                   progress=lambda done, _total: bar.update(task, completed=done))
+        command = (f"mambaesr-edge{f' --threads {threads}' if threads else ''} bench --samples {samples} --device {device} "
+                   f"--backend {backend_name}" + (f" --model {model}" if model else "") + (f" --bundle {bundle}" if bundle else "")
+                   + (f" --preset {preset}" if preset else "") + f" --tile {tile} --batch {batch} --frame {frame_w}x{frame_h} --overlap {overlap}"
+                   f" --warmup {warmup} --idle-seconds {idle_seconds:g} --power {power} --run-on {run_on}"
+                   f" --precision {precision} --out {out_dir} --name {name}" + (f" --note {note!r}" if note else ""))
+        meta = {"command": command, "date": started, "finished": _utc_now(), "machine": _machine(),
+                "load_average": {"before": load_before, "after": _load_average()}, "versions": _versions(),
+                "profile": profile.name, "model": model_info, "run_on": run_on, "precision": precision,
+                "threads": threads, "backend_repr": repr(opened), "note": note}
+        paths = write_reports(result, out_dir, name, meta)
+        report = json.loads(paths["json"].read_text())
+        table = Table(title=f"bench: {profile.name}, {opened.name}", show_header=False)
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for metric, value in summary_rows(report):
+            table.add_row(metric, value)
+        console.print(table)
+        console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+        if result.partial:
+            console.print(f"[bold yellow]partial:[/] {result.partial_reason}")
+            raise typer.Exit(130)
+
+
+def _load_average() -> list[float] | None:
+    """1/5/15-minute load averages (other work on the machine skews CPU timings); None where the OS has none."""
+    import os
+
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def _utc_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
