@@ -30,8 +30,10 @@ Implementations (`impl=`):
   a static graph with no Loop/Scan op. Only non-positive numbers are ever exponentiated (exp(delta*A) with delta >= 0, A <= 0) and
   only products of decays in (0, 1] are formed, so nothing can overflow for any valid input and any L. Functional:
   no in-place ops. Math in fp32 even for fp16/bf16 inputs.
+- ``"triton"``: a fused Triton kernel (scan_triton.py): state in registers, one pass over L, forward and backward.
+  CUDA only (or the CPU under TRITON_INTERPRET=1, for tests). The default on CUDA.
 - ``"mamba_ssm"``: the CUDA kernel from the optional `mamba-ssm` package.
-- ``"auto"``: ``mamba_ssm`` for CUDA tensors when that package is installed, else ``chunked``.
+- ``"auto"``: ``triton`` for CUDA tensors when Triton is installed, else ``mamba_ssm`` when that is, else ``chunked``.
 
 Valid inputs: delta >= 0 after bias/softplus and A <= 0 (as in every Mamba model, A = -exp(A_log)).
 """
@@ -39,13 +41,14 @@ Valid inputs: delta >= 0 after bias/softplus and A <= 0 (as in every Mamba model
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, DependencyMissingError
 
-SCAN_IMPLS = ("auto", "reference", "chunked", "mamba_ssm")
+SCAN_IMPLS = ("auto", "reference", "chunked", "triton", "mamba_ssm")
 CHUNK = 16  # tokens per chunk of the exportable scan; see benchmarks/scan_cpu.py for the measured trade-off
 
 
@@ -65,9 +68,7 @@ def selective_scan(
     """Run the selective scan. Shapes: u, delta, z (batch, dim, L); A (dim, N); B, C (batch, N, L). Returns (batch, dim, L)."""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     impl = resolve_impl(impl, u.device)
-    if impl == "mamba_ssm":
-        return _scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    fn = _scan_reference if impl == "reference" else _scan_chunked
+    fn = {"reference": _scan_reference, "chunked": _scan_chunked, "triton": _scan_triton, "mamba_ssm": _scan_mamba_ssm}[impl]
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
@@ -76,8 +77,19 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     if impl not in SCAN_IMPLS:
         raise ConfigError(f"unknown scan implementation {impl!r}", hint=f"choose one of {', '.join(SCAN_IMPLS)}")
     has_mamba_ssm = importlib.util.find_spec("mamba_ssm") is not None
+    has_triton = importlib.util.find_spec("triton") is not None
     if impl == "auto":
+        if device.type == "cuda" and has_triton:
+            return "triton"
         return "mamba_ssm" if device.type == "cuda" and has_mamba_ssm else "chunked"
+    if impl == "triton":
+        if not has_triton:
+            raise DependencyMissingError(
+                "scan impl 'triton' needs the triton package, which is not installed",
+                hint="pip install triton (it comes with CUDA builds of torch); elsewhere use --scan chunked",
+            )
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ConfigError("scan impl 'triton' runs on CUDA tensors only", hint="use --scan chunked on CPU")
     if impl == "mamba_ssm":
         if not has_mamba_ssm:
             raise DependencyMissingError(
@@ -202,6 +214,17 @@ def _within_chunk_scan(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, 
         h.append(a[..., t, :] * h[-1] + b[..., t, :])  # (..., N)
         a_cum.append(a[..., t, :] * a_cum[-1])  # (..., N)
     return torch.stack(a_cum, dim=-2), torch.stack(h, dim=-2)  # (..., T, N) each
+
+
+def _scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.Tensor:
+    """Fused recurrence in Triton; delta bias/softplus, D and the gate as PyTorch elementwise ops around it."""
+    from .scan_triton import triton_scan_core
+
+    out_dtype = u.dtype
+    u = u.float()  # keeps the memory layout: (batch, L, dim) in the model, so channel loads are contiguous
+    delta = _prepare_delta(delta.float(), delta_bias, delta_softplus)  # (batch, dim, L)
+    y = triton_scan_core(u, delta, A, B, C)  # (batch, dim, L)
+    return _finish(y, u, D, z, out_dtype)
 
 
 def _scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.Tensor:

@@ -1,0 +1,151 @@
+"""Fused selective scan in Triton (CUDA): the state lives in registers, one pass over the sequence.
+
+Forward: one program per (batch, block of BLOCK_D channels) walks t = 0..L-1 keeping h (BLOCK_D, N) in registers:
+    h = exp(delta_t A) * h + delta_t u_t B_t ;  y_t = h . C_t
+reading u, delta, B, C once and writing y once (plus h for every step when a gradient is needed).
+Backward: the adjoint recurrence walks t = L-1..0 with g = dL/dh_t in registers:
+    g += dy_t C_t ;  grads of u_t, delta_t, B_t, A from g and h_{t-1} ;  g *= exp(delta_t A)
+Inputs may have any strides: the model's tensors are (batch, L, dim) in memory, so the per-step loads of a channel
+block are contiguous. Math in fp32. delta bias / softplus, D and the z gate stay in PyTorch around the kernel
+(cheap elementwise ops on (batch, dim, L)); see scan.py. Run with TRITON_INTERPRET=1 to execute on the CPU (tests).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, y_ptr, h_ptr,
+    length, dim, n_state,
+    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sa_d, sa_n, sb_b, sb_n, sb_l, sc_b, sc_n, sc_l,
+    sy_b, sy_d, sy_l, sh_b, sh_l, sh_d,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STORE_H: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
+    offs_n = tl.arange(0, BLOCK_N)  # (BN,)
+    mask_d, mask_n = offs_d < dim, offs_n < n_state
+    mask_dn = mask_d[:, None] & mask_n[None, :]  # (BD, BN)
+    a = tl.load(a_ptr + offs_d[:, None] * sa_d + offs_n[None, :] * sa_n, mask=mask_dn, other=0.0)  # (BD, BN)
+    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # (BD, BN)
+    for t in range(length):
+        u_t = tl.load(u_ptr + pid_b * su_b + offs_d * su_d + t * su_l, mask=mask_d, other=0.0)  # (BD,)
+        dt_t = tl.load(dt_ptr + pid_b * sdt_b + offs_d * sdt_d + t * sdt_l, mask=mask_d, other=0.0)  # (BD,)
+        b_t = tl.load(b_ptr + pid_b * sb_b + offs_n * sb_n + t * sb_l, mask=mask_n, other=0.0)  # (BN,)
+        c_t = tl.load(c_ptr + pid_b * sc_b + offs_n * sc_n + t * sc_l, mask=mask_n, other=0.0)  # (BN,)
+        h = tl.exp(dt_t[:, None] * a) * h + (dt_t * u_t)[:, None] * b_t[None, :]  # (BD, BN)
+        y_t = tl.sum(h * c_t[None, :], axis=1)  # (BD,)
+        tl.store(y_ptr + pid_b * sy_b + offs_d * sy_d + t * sy_l, y_t, mask=mask_d)
+        if STORE_H:
+            tl.store(h_ptr + pid_b * sh_b + t * sh_l + offs_d[:, None] * sh_d + offs_n[None, :], h, mask=mask_dn)
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, dy_ptr, h_ptr,
+    du_ptr, ddt_ptr, da_ptr, db_ptr, dc_ptr,
+    length, dim, n_state,
+    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sa_d, sa_n, sb_b, sb_n, sb_l, sc_b, sc_n, sc_l,
+    sdy_b, sdy_d, sdy_l, sh_b, sh_l, sh_d,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_b, pid_d = tl.program_id(0), tl.program_id(1)
+    n_blocks = tl.num_programs(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
+    offs_n = tl.arange(0, BLOCK_N)  # (BN,)
+    mask_d, mask_n = offs_d < dim, offs_n < n_state
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    a = tl.load(a_ptr + offs_d[:, None] * sa_d + offs_n[None, :] * sa_n, mask=mask_dn, other=0.0)  # (BD, BN)
+    g = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # dL/dh_t, (BD, BN)
+    da = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # dL/dA for this batch row, (BD, BN)
+    # outputs du, ddt: (batch, L, dim) contiguous; db, dc partials: (batch, n_blocks, L, N) contiguous
+    part = (pid_b * n_blocks + pid_d) * length * n_state
+    for i in range(length):
+        t = length - 1 - i
+        u_t = tl.load(u_ptr + pid_b * su_b + offs_d * su_d + t * su_l, mask=mask_d, other=0.0)  # (BD,)
+        dt_t = tl.load(dt_ptr + pid_b * sdt_b + offs_d * sdt_d + t * sdt_l, mask=mask_d, other=0.0)  # (BD,)
+        b_t = tl.load(b_ptr + pid_b * sb_b + offs_n * sb_n + t * sb_l, mask=mask_n, other=0.0)  # (BN,)
+        c_t = tl.load(c_ptr + pid_b * sc_b + offs_n * sc_n + t * sc_l, mask=mask_n, other=0.0)  # (BN,)
+        dy_t = tl.load(dy_ptr + pid_b * sdy_b + offs_d * sdy_d + t * sdy_l, mask=mask_d, other=0.0)  # (BD,)
+        h_t = tl.load(h_ptr + pid_b * sh_b + t * sh_l + offs_d[:, None] * sh_d + offs_n[None, :], mask=mask_dn, other=0.0)
+        h_prev = tl.load(
+            h_ptr + pid_b * sh_b + (t - 1) * sh_l + offs_d[:, None] * sh_d + offs_n[None, :], mask=mask_dn & ((offs_n * 0 + t) > 0)[None, :], other=0.0
+        )  # (BD, BN)
+        tl.store(dc_ptr + part + t * n_state + offs_n, tl.sum(h_t * dy_t[:, None], axis=0), mask=mask_n)  # (BN,)
+        g = g + dy_t[:, None] * c_t[None, :]  # (BD, BN)
+        decay = tl.exp(dt_t[:, None] * a)  # (BD, BN)
+        g_decay_h = g * decay * h_prev  # (BD, BN)
+        du_t = tl.sum(g * b_t[None, :], axis=1) * dt_t  # (BD,)
+        ddt_t = tl.sum(g * b_t[None, :], axis=1) * u_t + tl.sum(g_decay_h * a, axis=1)  # (BD,)
+        tl.store(du_ptr + (pid_b * length + t) * dim + offs_d, du_t, mask=mask_d)
+        tl.store(ddt_ptr + (pid_b * length + t) * dim + offs_d, ddt_t, mask=mask_d)
+        tl.store(db_ptr + part + t * n_state + offs_n, tl.sum(g * (dt_t * u_t)[:, None], axis=0), mask=mask_n)
+        da = da + g_decay_h * dt_t[:, None]  # (BD, BN)
+        g = g * decay  # (BD, BN) -> dL/dh_{t-1} from this step
+    tl.store(da_ptr + pid_b * dim * n_state + offs_d[:, None] * n_state + offs_n[None, :], da, mask=mask_dn)
+
+
+def _block_sizes(dim: int, n_state: int) -> tuple[int, int]:
+    return min(16, triton.next_power_of_2(dim)), triton.next_power_of_2(n_state)
+
+
+def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+class _TritonScan(torch.autograd.Function):
+    """y = C . h with h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t; all inputs fp32 (any strides)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C):
+        batch, dim, length = u.shape
+        n_state = A.shape[1]
+        block_d, block_n = _block_sizes(dim, n_state)
+        store_h = any(ctx.needs_input_grad)
+        y = torch.empty(batch, length, dim, device=u.device, dtype=torch.float32).transpose(1, 2)  # (B, D, L) view
+        h = torch.empty(batch, length, dim, n_state, device=u.device, dtype=torch.float32) if store_h else y
+        grid = (batch, triton.cdiv(dim, block_d))
+        _scan_fwd_kernel[grid](
+            u, delta, A, B, C, y, h, length, dim, n_state,
+            *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1), *_strides3(B), *_strides3(C), *_strides3(y),
+            h.stride(0), h.stride(1), h.stride(2) if store_h else 0,
+            BLOCK_D=block_d, BLOCK_N=block_n, STORE_H=store_h,
+        )
+        if store_h:
+            ctx.save_for_backward(u, delta, A, B, C, h)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        u, delta, A, B, C, h = ctx.saved_tensors
+        batch, dim, length = u.shape
+        n_state = A.shape[1]
+        block_d, block_n = _block_sizes(dim, n_state)
+        n_blocks = triton.cdiv(dim, block_d)
+        du = torch.empty(batch, length, dim, device=u.device, dtype=torch.float32)
+        ddelta = torch.empty_like(du)
+        da = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
+        db = torch.empty(batch, n_blocks, length, n_state, device=u.device, dtype=torch.float32)
+        dc = torch.empty_like(db)
+        _scan_bwd_kernel[(batch, n_blocks)](
+            u, delta, A, B, C, dy, h, du, ddelta, da, db, dc, length, dim, n_state,
+            *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1), *_strides3(B), *_strides3(C), *_strides3(dy),
+            h.stride(0), h.stride(1), h.stride(2),
+            BLOCK_D=block_d, BLOCK_N=block_n,
+        )
+        return (
+            du.transpose(1, 2),  # (B, D, L)
+            ddelta.transpose(1, 2),  # (B, D, L)
+            da.sum(0),  # (D, N)
+            db.sum(1).transpose(1, 2),  # (B, N, L)
+            dc.sum(1).transpose(1, 2),  # (B, N, L)
+        )
+
+
+def triton_scan_core(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """The recurrence and y = C . h, fp32, on CUDA (or on the CPU under TRITON_INTERPRET=1). Shapes as selective_scan."""
+    return _TritonScan.apply(u.float(), delta.float(), A.float(), B.float(), C.float())
