@@ -1,0 +1,285 @@
+"""The whole export: ONNX graphs + parity report + cost model + TensorRT engine or build script, as one bundle folder.
+
+Atomic: everything is written into a temporary folder beside the target and renamed onto it only when every step
+(parity included) passed, so a failed export leaves no bundle, not even a partial one; an existing bundle is only
+replaced with `force=True` (renamed away first, removed after the new one is in place).
+Layout and bundle.json: docs/interfaces.md ("Export bundle"); extra keys here: max_tokens, files, cost, tensorrt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import ConfigError, MambaESRError
+from ..model import MambaSR
+from ..profiles import MIN_TILE, DeviceProfile, list_profiles, load_profile
+from . import tensorrt as trt_support
+from .cost import GraphCost, RooflineEstimate, analytic_macs_per_pixel, graph_cost, roofline
+from .onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, OnnxExport, build_metadata, export_onnx, package_versions
+from .parity import ParityError, ParityReport, ParityThresholds, run_parity
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "mambaesr-edge-bundle/1"
+
+
+class BundleError(MambaESRError):
+    """The bundle folder cannot be written (exists without --force, not writable, ...)."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export for which device. None = the profile's value."""
+
+    profile: DeviceProfile
+    tile: int | None = None
+    batch: int | None = None
+    fp16: bool | None = None  # also export and check model_fp16.onnx (default: profile precision is fp16)
+    dynamic_hw: bool = False
+    max_size: int | None = None  # dynamic only: largest side in LR pixels the graph must support (default 4 x tile)
+    opset: int = DEFAULT_OPSET
+    simplify: bool = True
+    force: bool = False
+    build_engine: bool = True  # when the profile's backend is tensorrt and `import tensorrt` works
+    thresholds: ParityThresholds = field(default_factory=ParityThresholds)
+
+    def resolved(self) -> "ExportOptions":
+        p = self.profile
+        out = replace(
+            self,
+            tile=self.tile or p.tile,
+            batch=self.batch or p.batch,
+            fp16=(p.precision == "fp16") if self.fp16 is None else self.fp16,
+        )
+        if out.tile < MIN_TILE:
+            raise ConfigError(f"tile {out.tile} is below the minimum of {MIN_TILE}", hint=f"use --tile {MIN_TILE} or more")
+        if out.batch < 1:
+            raise ConfigError(f"batch {out.batch} must be >= 1", hint="use --batch 1 or more")
+        if out.dynamic_hw:
+            max_size = out.max_size or 4 * out.tile
+            if max_size < out.tile:
+                raise ConfigError(f"max size {max_size} is below the tile {out.tile}", hint="raise --max-size")
+            out = replace(out, max_size=max_size)
+        return out
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    bundle_dir: Path
+    files: tuple[str, ...]
+    manifest: dict
+    parity: ParityReport
+    cost: GraphCost
+    rooflines: dict[str, RooflineEstimate]  # every shipped profile, plus the export's own
+    analytic_macs_per_pixel: dict[str, float]
+    tensorrt_status: str
+    seconds: float
+
+
+def export_bundle(model: MambaSR, weights_sha256: str, out_dir: str | Path, options: ExportOptions) -> ExportResult:
+    """Export `model` for `options.profile` into the folder `out_dir` (atomically). Raises ParityError on failed parity."""
+    start = time.perf_counter()
+    opts = options.resolved()
+    out_dir = Path(out_dir)
+    staging = _make_staging(out_dir, opts.force)
+    try:
+        result = _export_into(model, weights_sha256, staging, opts)
+        _install(staging, out_dir)
+    except BaseException:
+        _remove_tree(staging)
+        raise
+    return replace(result, bundle_dir=out_dir, seconds=time.perf_counter() - start)
+
+
+def _make_staging(out_dir: Path, force: bool) -> Path:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BundleError(f"{out_dir} exists and is not a folder", hint="choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise BundleError(f"{out_dir} already exists", hint="pass --force to replace it, or choose another --out")
+    parent = out_dir.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+        umask = os.umask(0o022)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the bundle gets the usual folder permissions
+        return staging
+    except OSError as exc:
+        raise BundleError(f"cannot write the bundle next to {out_dir}: {exc.strerror or exc}", hint="choose a writable --out") from exc
+
+
+def _install(staging: Path, out_dir: Path) -> None:
+    """Rename the finished staging folder onto out_dir; an old bundle is moved aside first and removed after."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{int(time.time())}")
+        os.rename(out_dir, old)
+    try:
+        os.rename(staging, out_dir)
+    except OSError:
+        if old is not None:
+            os.rename(old, out_dir)
+        raise
+    if old is not None:
+        _remove_tree(old)
+
+
+def _remove_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    try:
+        shutil.rmtree(path)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
+
+
+def _export_into(model: MambaSR, weights_sha256: str, bundle: Path, opts: ExportOptions) -> ExportResult:
+    profile, config = opts.profile, model.config
+    shape = (opts.batch, config.in_channels, opts.tile, opts.tile)
+    max_tokens = opts.max_size**2 if opts.dynamic_hw else None
+    graphs: dict[str, OnnxExport] = {}
+    for precision, filename in (("fp32", "model.onnx"), ("fp16", "model_fp16.onnx")):
+        if precision == "fp16" and not opts.fp16:
+            continue
+        metadata = build_metadata(
+            config, weights_sha256=weights_sha256, profile=profile.name, tile=opts.tile, batch=opts.batch,
+            dynamic_hw=opts.dynamic_hw, precision=precision,
+        )  # fmt: skip
+        graphs[precision] = export_onnx(
+            model, bundle / filename, input_shape=shape, precision=precision, dynamic_hw=opts.dynamic_hw,
+            max_tokens=max_tokens, opset=opts.opset, metadata=metadata, simplify=opts.simplify,
+        )  # fmt: skip
+        log.info("exported %s: %d nodes", filename, graphs[precision].node_count)
+    other = _other_shape(shape, graphs["fp32"].max_tokens) if opts.dynamic_hw else None
+    report = run_parity(model, {k: g.path for k, g in graphs.items()}, shape, other_shape=other, thresholds=opts.thresholds)
+    _write_json(bundle / "parity.json", report.to_dict())
+    if not report.passed:
+        raise ParityError(
+            "parity check failed, export refused: " + "; ".join(report.failures()),
+            hint="the ONNX graph does not reproduce the PyTorch model; run with --debug and report it",
+            report=report,
+        )
+    cost_precision = "fp16" if profile.precision == "fp16" and "fp16" in graphs else "fp32"
+    cost = _cost_of(model, graphs[cost_precision], bundle, opts)
+    rooflines = {name: roofline(cost, load_profile(name)) for name in list_profiles()}
+    rooflines[profile.name] = roofline(cost, profile)
+    macs = analytic_macs_per_pixel(config)
+    _write_json(
+        bundle / "cost.json",
+        {
+            "graph": graphs[cost_precision].path.name,
+            "cost": cost.to_dict(),
+            "roofline": {name: r.to_dict() for name, r in rooflines.items()},
+            "analytic_macs_per_lr_pixel": macs,
+            "note": "modelled latency = max(FLOPs / peak FLOP/s, bytes / bandwidth); see mambaesr_edge/export/cost.py",
+        },
+    )
+    manifest = _bundle_manifest(model, weights_sha256, profile, opts, graphs)
+    status = _tensorrt_step(bundle, profile, manifest, opts)
+    manifest["tensorrt"] = {"status": status, "engine": trt_support.ENGINE_FILE if (bundle / trt_support.ENGINE_FILE).exists() else None}
+    manifest["files"] = sorted(p.name for p in bundle.iterdir()) + ["bundle.json"]
+    _write_json(bundle / "bundle.json", manifest)
+    return ExportResult(bundle, tuple(manifest["files"]), manifest, report, cost, rooflines, macs, status, 0.0)
+
+
+def _other_shape(shape: tuple[int, int, int, int], capacity: int | None) -> tuple[int, int, int, int]:
+    """A shape other than the traced one for the dynamic parity case: another batch, odd non-square sides."""
+    n, c, h, w = shape
+    h2, w2 = h // 2 + 3, w + 5
+    while capacity is not None and h2 * w2 > capacity:
+        w2 -= 8
+    return (n + 1, c, h2, max(w2, 1))
+
+
+def _cost_of(model: MambaSR, graph: OnnxExport, bundle: Path, opts: ExportOptions) -> GraphCost:
+    """Cost of the exported graph at its tile shape; a dynamic graph's shapes cannot all be inferred, so its cost is
+    taken from a static trace of the same fixed-depth scan (same nodes, static shapes), not kept in the bundle."""
+    if not graph.dynamic_hw:
+        return graph_cost(graph.path)
+    with tempfile.TemporaryDirectory(dir=bundle) as tmp:
+        static = export_onnx(
+            model, Path(tmp) / "cost.onnx", input_shape=graph.input_shape, precision=graph.precision,
+            max_tokens=graph.max_tokens, opset=graph.opset, simplify=opts.simplify,
+        )  # fmt: skip
+        return graph_cost(static.path)
+
+
+def _bundle_manifest(model: MambaSR, weights_sha256: str, profile: DeviceProfile, opts: ExportOptions, graphs: dict) -> dict:
+    def entry(g: OnnxExport) -> dict:
+        return {"file": g.path.name, "sha256": g.sha256, "opset": g.opset, "nodes": g.node_count, "simplifier": g.simplifier}
+
+    return {
+        "format": BUNDLE_FORMAT,
+        "config": json.loads(model.config.to_json()),
+        "scale": model.scale,
+        "profile": profile.name,
+        "precision": profile.precision,
+        "tile": opts.tile,
+        "overlap": _overlap(profile.overlap, opts.tile),
+        "batch": opts.batch,
+        "dynamic_hw": opts.dynamic_hw,
+        "max_tokens": graphs["fp32"].max_tokens,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "onnx": entry(graphs["fp32"]),
+        "onnx_fp16": entry(graphs["fp16"]) if "fp16" in graphs else None,
+        "weights_sha256": weights_sha256,
+        "versions": package_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _tensorrt_step(bundle: Path, profile: DeviceProfile, manifest: dict, opts: ExportOptions) -> str:
+    """Write build_engine.sh; build the engine here when TensorRT and a GPU are present. Returns a status line."""
+    if profile.backend != "tensorrt":
+        return f"profile backend is {profile.backend}: no TensorRT engine needed"
+    settings = trt_support.engine_settings(profile, manifest)
+    script = bundle / trt_support.SCRIPT_FILE
+    script.write_text(trt_support.build_script(settings, profile))
+    script.chmod(0o755)
+    trt = trt_support.import_tensorrt() if opts.build_engine else None
+    if trt is None:
+        return trt_support.NOT_AVAILABLE
+    gpu_name, capability = trt_support.detect_gpu()
+    if not gpu_name:
+        return f"TensorRT {trt.__version__} imports but no GPU was found: engine left to build on the device with build_engine.sh"
+    trt_support.build_engine(bundle, settings, trt=trt)
+    trt_support.write_manifest(
+        bundle,
+        trt_support.engine_manifest(bundle, manifest, settings, trt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability),
+    )
+    return f"built {trt_support.ENGINE_FILE} with TensorRT {trt.__version__} on {gpu_name} (sm {capability or '?'})"
+
+
+def _overlap(overlap: int, tile: int) -> int:
+    """The profile's overlap, reduced to a quarter of the tile when --tile makes it >= half the tile."""
+    if 2 * overlap < tile:
+        return overlap
+    log.info("overlap %d is too large for tile %d: using %d", overlap, tile, tile // 4)
+    return tile // 4
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def read_bundle(bundle_dir: str | Path) -> dict:
+    """Read and minimally validate bundle.json (JSON only, never evaluated)."""
+    path = Path(bundle_dir) / "bundle.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise BundleError(f"{bundle_dir} is not an export bundle (no bundle.json)", hint="run mambaesr-edge export first") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"cannot read {path}: {exc}", hint="re-export the bundle") from exc
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path} is not a {BUNDLE_FORMAT} manifest", hint="re-export the bundle with this version")
+    return data

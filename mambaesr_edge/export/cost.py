@@ -1,0 +1,345 @@
+"""Graph cost model: FLOPs and bytes from an exported ONNX graph (with inferred shapes), and a roofline time per device.
+
+This is how scan designs are compared for Jetson without a Jetson. Counting rules (per node, from tensor shapes):
+- Conv: 2 x output elements x (C_in / groups) x kH x kW; MatMul: 2 x output elements x K; Gemm: 2 x M x N x K;
+  Einsum: 2 x the product of all index sizes when some index is summed, else the output elements.
+- element-wise ops (Add, Mul, Exp, Sigmoid, ...): 1 FLOP per output element (transcendentals count 1);
+  LayerNormalization 5 per element; reductions 1 per input element.
+- data movement (Gather, Slice, Concat, Pad, Transpose, Cast, DepthToSpace, ...): 0 FLOPs.
+Shapes hidden behind Shape arithmetic are taken from the graph constant-folded by ONNX Runtime. Bytes:
+- `intermediate_bytes`: the size of every tensor a node writes, views (Reshape, Unsqueeze, Squeeze, Flatten,
+  Identity) and shape arithmetic excluded: each is written once, so this is a lower bound on memory traffic for an
+  engine that fuses nothing; `weight_bytes`: initializers; `io_bytes`: graph input + output.
+- `traffic_bytes`: every non-view node's inputs read + outputs written (no reuse, no fusion: a pessimistic bound).
+Modelled latency for a device profile = max(compute, memory) with
+  compute = matmul-like FLOPs in fp16 / peak_tflops_fp16 + all other FLOPs / peak_tflops_fp32 (CUDA cores),
+  memory  = (intermediate + weight + io bytes) / peak_bandwidth_gbs.
+It ignores launch overheads and fusion, so it is a design tool (which scan materialises less), not a benchmark.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..presets import ModelConfig
+from ..profiles import DeviceProfile
+from .onnx import require_onnx
+
+log = logging.getLogger(__name__)
+
+MATMUL_LIKE = frozenset({"Conv", "MatMul", "Gemm", "Einsum"})
+ELEMENTWISE = frozenset(
+    {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Log", "Sigmoid", "Tanh", "Relu", "Abs", "Neg", "Clip", "Max",
+     "Min", "Sum", "Mean", "Erf", "Softplus", "Where", "Reciprocal", "Floor", "Ceil", "HardSigmoid", "LeakyRelu"}
+)  # fmt: skip
+REDUCTIONS = frozenset({"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "CumSum"})
+VIEWS = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Shape", "Constant", "Size"})
+LAYERNORM_FLOPS_PER_ELEMENT = 5
+_INDEX_TYPES = frozenset({6, 7, 9})  # int32, int64, bool: shape arithmetic
+_DTYPE_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+
+
+@dataclass(frozen=True)
+class OpCost:
+    op_type: str
+    count: int
+    flops: float
+    bytes_written: float
+
+
+@dataclass(frozen=True)
+class GraphCost:
+    input_shape: tuple[int, ...]
+    node_count: int
+    flops: float
+    matmul_flops_fp16: float  # Conv/MatMul/Gemm/Einsum whose inputs are fp16 (tensor cores)
+    matmul_flops_fp32: float
+    other_flops: float
+    intermediate_bytes: float
+    weight_bytes: float
+    io_bytes: float
+    traffic_bytes: float
+    largest_tensor: tuple[str, str, tuple[int, ...], float]  # (name, producing op, shape, bytes)
+    by_op: tuple[OpCost, ...]
+    unknown_shape_nodes: int  # nodes with an unsized float output (not counted); integer shape arithmetic is free
+
+    def to_dict(self) -> dict[str, object]:
+        name, op, shape, size = self.largest_tensor
+        return {
+            "input_shape": list(self.input_shape),
+            "node_count": self.node_count,
+            "gflops": self.flops / 1e9,
+            "matmul_gflops_fp16": self.matmul_flops_fp16 / 1e9,
+            "matmul_gflops_fp32": self.matmul_flops_fp32 / 1e9,
+            "other_gflops": self.other_flops / 1e9,
+            "intermediate_mb": self.intermediate_bytes / 1e6,
+            "weight_mb": self.weight_bytes / 1e6,
+            "io_mb": self.io_bytes / 1e6,
+            "traffic_mb": self.traffic_bytes / 1e6,
+            "largest_tensor": {"name": name, "op": op, "shape": list(shape), "mb": size / 1e6},
+            "unknown_shape_nodes": self.unknown_shape_nodes,
+            "by_op": [
+                {"op": c.op_type, "count": c.count, "gflops": c.flops / 1e9, "mb_written": c.bytes_written / 1e6} for c in self.by_op
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class RooflineEstimate:
+    profile: str
+    compute_ms: float
+    memory_ms: float
+    latency_ms: float  # per batch
+    per_tile_ms: float
+    bound: str  # "memory" or "compute"
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def _shape_of(value_info) -> tuple[int, ...] | None:
+    tt = value_info.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    dims = []
+    for d in tt.shape.dim:
+        if not d.HasField("dim_value"):
+            return None
+        dims.append(d.dim_value)
+    return tuple(dims)
+
+
+def graph_cost(model: str | Path | object, input_shape: tuple[int, int, int, int] | None = None, *, fold: bool = True) -> GraphCost:
+    """Count FLOPs and bytes of an ONNX graph (a path or a ModelProto). `input_shape` pins dynamic input dims.
+
+    The graph is counted node by node as it is (a simplified graph has fewer no-op nodes, e.g. zero Pads).
+    `fold`: size the tensors that shape inference cannot (behind the Shape arithmetic the TorchScript exporter
+    leaves) from the graph constant-folded by ONNX Runtime; see _tensor_info."""
+    onnx = require_onnx()
+    proto = onnx.load(str(model)) if isinstance(model, (str, Path)) else model
+    if input_shape is not None:
+        proto = _pin_input(proto, input_shape)
+    info, types = _tensor_info(proto, fold)
+    graph = proto.graph
+    weight_bytes = 0.0
+    for init in graph.initializer:
+        weight_bytes += math.prod(init.dims) * _DTYPE_BYTES.get(init.data_type, 4)
+
+    def nbytes(name: str) -> float:
+        if name not in info:
+            return 0.0
+        shape, dtype = info[name]
+        return math.prod(shape) * _DTYPE_BYTES.get(dtype, 4)
+
+    per_op: dict[str, list[float]] = {}
+    mm16 = mm32 = other = inter = traffic = 0.0
+    unknown = 0
+    largest = ("", "", (), 0.0)
+    for node in graph.node:
+        if any(o and o not in info for o in node.output):
+            _propagate(node, info, types)
+        if any(o and o not in info for o in node.output):
+            if not all(types.get(o) in _INDEX_TYPES for o in node.output if o):
+                unknown += 1  # an unsized float tensor: a real gap in the count
+            continue  # else integer shape arithmetic folded away by ONNX Runtime: no cost
+        flops = _node_flops(node, info)
+        if node.op_type in MATMUL_LIKE:
+            is_fp16 = info.get(node.input[0], ((), 1))[1] in (10, 16)
+            mm16, mm32 = (mm16 + flops, mm32) if is_fp16 else (mm16, mm32 + flops)
+        else:
+            other += flops
+        written = 0.0 if node.op_type in VIEWS else sum(nbytes(o) for o in node.output if o)
+        if node.op_type not in VIEWS:
+            traffic += written + sum(nbytes(i) for i in node.input if i)
+            for out in node.output:
+                if out and nbytes(out) > largest[3]:
+                    largest = (out, node.op_type, info[out][0], nbytes(out))
+        inter += written
+        entry = per_op.setdefault(node.op_type, [0, 0.0, 0.0])
+        entry[0] += 1
+        entry[1] += flops
+        entry[2] += written
+    io = sum(nbytes(v.name) for v in list(graph.input) + list(graph.output))
+    by_op = tuple(sorted((OpCost(op, int(c), f, b) for op, (c, f, b) in per_op.items()), key=lambda c: (-c.flops, -c.bytes_written)))
+    if unknown:
+        log.warning("cost model: %d nodes have no inferred output shape and are not counted", unknown)
+    shape_in = info.get(graph.input[0].name, ((), 1))[0]
+    return GraphCost(
+        input_shape=shape_in,
+        node_count=len(graph.node),
+        flops=mm16 + mm32 + other,
+        matmul_flops_fp16=mm16,
+        matmul_flops_fp32=mm32,
+        other_flops=other,
+        intermediate_bytes=inter,
+        weight_bytes=weight_bytes,
+        io_bytes=io,
+        traffic_bytes=traffic,
+        largest_tensor=largest,
+        by_op=by_op,
+        unknown_shape_nodes=unknown,
+    )
+
+
+def _tensor_info(proto, fold: bool) -> tuple[dict[str, tuple[tuple[int, ...], int]], dict[str, int]]:
+    """(name -> (shape, ONNX elem type) for every tensor whose shape is known, name -> elem type for all).
+
+    Types come from the graph itself. Shapes come from its shape inference and, for the tensors that inference
+    cannot size (behind Shape arithmetic), from the same graph constant-folded by ONNX Runtime (names are kept; only
+    the shapes are taken from it: ORT's CPU provider also rewrites fp16 nodes to fp32, so its types are not used)."""
+    onnx = require_onnx()
+
+    def collect(model) -> tuple[dict, dict]:
+        g = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+        shapes, types = {}, {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            types[vi.name] = vi.type.tensor_type.elem_type
+            shape = _shape_of(vi)
+            if shape is not None:
+                shapes[vi.name] = shape
+        for init in g.initializer:
+            shapes[init.name], types[init.name] = tuple(init.dims), init.data_type
+        return shapes, types
+
+    shapes, types = collect(proto)
+    if fold and any(o and o not in shapes for node in proto.graph.node for o in node.output):
+        folded_shapes, _ = collect(_fold(proto))
+        shapes = {**folded_shapes, **shapes}
+    return {name: (shape, types.get(name, 1)) for name, shape in shapes.items()}, types
+
+
+def _propagate(node, info: dict, types: dict) -> None:
+    """Size the output of a shape-preserving node whose size neither inference nor folding gave (e.g. a Cast that
+    ONNX Runtime removed): element-wise/Cast -> broadcast of the inputs, Transpose -> permuted input, Slice with
+    computed bounds -> its input's shape (an upper bound)."""
+    import numpy as np
+
+    inputs = [info[i][0] for i in node.input if i and i in info]
+    if not inputs or len(node.output) != 1:
+        return
+    op = node.op_type
+    if op in ELEMENTWISE or op in ("Cast", "Identity", "Slice"):
+        try:
+            shape = tuple(np.broadcast_shapes(*inputs)) if op in ELEMENTWISE else info[node.input[0]][0]
+        except (ValueError, KeyError):
+            return
+    elif op == "Transpose" and node.input[0] in info:
+        source = info[node.input[0]][0]
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), list(range(len(source)))[::-1])
+        shape = tuple(source[p] for p in perm)
+    else:
+        return
+    info[node.output[0]] = (shape, types.get(node.output[0], 1))
+
+
+def _fold(proto):
+    """The graph after ONNX Runtime's basic (standard-op) optimisations; unchanged when onnxruntime is missing."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        log.warning("onnxruntime is not installed: cost model on the unfolded graph (some shapes may be unknown)")
+        return proto
+    import tempfile
+
+    onnx = require_onnx()
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(Path(tmp) / "folded.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return onnx.load(options.optimized_model_filepath)
+
+
+def _pin_input(proto, shape: tuple[int, ...]):
+    import copy
+
+    pinned = copy.deepcopy(proto)
+    dims = pinned.graph.input[0].type.tensor_type.shape.dim
+    for dim, value in zip(dims, shape):
+        dim.ClearField("dim_param")
+        dim.dim_value = value
+    return pinned
+
+
+def _node_flops(node, info: dict[str, tuple[tuple[int, ...], int]]) -> float:
+    op = node.op_type
+    out_shape = info[node.output[0]][0] if node.output and node.output[0] in info else ()
+    out_elems = math.prod(out_shape) if out_shape else 0
+    if op == "Conv":
+        weight = info.get(node.input[1], ((),))[0]
+        return 2.0 * out_elems * math.prod(weight[1:])
+    if op == "MatMul":
+        a = info.get(node.input[0], ((),))[0]
+        return 2.0 * out_elems * (a[-1] if a else 0)
+    if op == "Gemm":
+        a = info.get(node.input[0], ((),))[0]
+        trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+        return 2.0 * out_elems * (a[0] if trans_a else a[-1])
+    if op == "Einsum":
+        return _einsum_flops(node, info, out_elems)
+    if op in ELEMENTWISE:
+        return float(out_elems)
+    if op == "LayerNormalization":
+        return float(LAYERNORM_FLOPS_PER_ELEMENT * out_elems)
+    if op in REDUCTIONS:
+        return float(math.prod(info.get(node.input[0], ((0,),))[0]))
+    return 0.0
+
+
+def _einsum_flops(node, info, out_elems: int) -> float:
+    equation = next(at.s.decode() for at in node.attribute if at.name == "equation").replace(" ", "")
+    lhs, _, rhs = equation.partition("->")
+    sizes: dict[str, int] = {}
+    for term, name in zip(lhs.split(","), node.input):
+        shape = info.get(name, ((),))[0]
+        if "." in term or len(term) != len(shape):
+            return 2.0 * out_elems  # ellipsis or unknown shape: a lower bound
+        sizes.update(zip(term, shape))
+    summed = set(re.sub(r"[^a-zA-Z]", "", lhs)) - set(rhs)
+    return 2.0 * math.prod(sizes.values()) if summed else float(out_elems)
+
+
+def roofline(cost: GraphCost, profile: DeviceProfile) -> RooflineEstimate:
+    """Modelled latency of one run of the graph (one batch) on the profile's device."""
+    compute_s = cost.matmul_flops_fp16 / (profile.peak_tflops_fp16 * 1e12) + (cost.matmul_flops_fp32 + cost.other_flops) / (
+        profile.peak_tflops_fp32 * 1e12
+    )
+    memory_s = (cost.intermediate_bytes + cost.weight_bytes + cost.io_bytes) / (profile.peak_bandwidth_gbs * 1e9)
+    latency = max(compute_s, memory_s)
+    batch = cost.input_shape[0] if cost.input_shape else 1
+    return RooflineEstimate(
+        profile=profile.name,
+        compute_ms=compute_s * 1e3,
+        memory_ms=memory_s * 1e3,
+        latency_ms=latency * 1e3,
+        per_tile_ms=latency * 1e3 / max(batch, 1),
+        bound="memory" if memory_s >= compute_s else "compute",
+    )
+
+
+def analytic_macs_per_pixel(config: ModelConfig) -> dict[str, float]:
+    """Multiply-accumulates per LR pixel, by part (the scan counts 3 per state element per token: decay x h + drive,
+    the drive product, the C . h readout; its exp is not a MAC). `convs_and_linears` is what the graph's Conv and
+    MatMul nodes should add up to (up to the causal conv's d_conv - 1 padded outputs per sequence)."""
+    c, di, n, r, k = config.embed_dim, config.d_inner, config.d_state, config.dt_rank, len(config.scan_orders)
+    ch, s, mixers = config.in_channels, config.scale, config.n_mixers
+    parts = {
+        "conv_first": ch * c * 9,
+        "in_proj": mixers * c * 2 * di,
+        "conv1d": mixers * k * di * config.d_conv,
+        "x_proj": mixers * k * di * (r + 2 * n),
+        "dt_proj": mixers * k * r * di,
+        "out_proj": mixers * di * c,
+        "group_convs": config.groups * c * c * 9,
+        "conv_after_body": c * c * 9,
+        "upsample": c * ch * s * s * 9,
+        "scan": mixers * k * 3 * di * n,
+    }
+    parts["convs_and_linears"] = sum(v for key, v in parts.items() if key != "scan")
+    parts["total"] = parts["convs_and_linears"] + parts["scan"]
+    return {key: float(v) for key, v in parts.items()}
