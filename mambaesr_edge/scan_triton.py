@@ -89,8 +89,14 @@ def _scan_bwd_kernel(
     tl.store(da_ptr + pid_b * dim * n_state + offs_d[:, None] * n_state + offs_n[None, :], da, mask=mask_dn)
 
 
-def _block_sizes(dim: int, n_state: int) -> tuple[int, int]:
-    return min(16, triton.next_power_of_2(dim)), triton.next_power_of_2(n_state)
+def _launch_shape(batch: int, dim: int, n_state: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_D, BLOCK_N, num_warps): each program walks all L steps, so prefer many small programs (>= 4 per SM)."""
+    block_n = triton.next_power_of_2(n_state)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    block_d = min(16, triton.next_power_of_2(dim))
+    while block_d > 2 and batch * triton.cdiv(dim, block_d) < 4 * sms:
+        block_d //= 2
+    return block_d, block_n, 1 if block_d * block_n <= 128 else 2
 
 
 def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
@@ -104,7 +110,7 @@ class _TritonScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C):
         batch, dim, length = u.shape
         n_state = A.shape[1]
-        block_d, block_n = _block_sizes(dim, n_state)
+        block_d, block_n, warps = _launch_shape(batch, dim, n_state, u.device)
         store_h = any(ctx.needs_input_grad)
         y = torch.empty(batch, length, dim, device=u.device, dtype=torch.float32).transpose(1, 2)  # (B, D, L) view
         h = torch.empty(batch, length, dim, n_state, device=u.device, dtype=torch.float32) if store_h else y
@@ -113,7 +119,7 @@ class _TritonScan(torch.autograd.Function):
             u, delta, A, B, C, y, h, length, dim, n_state,
             *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1), *_strides3(B), *_strides3(C), *_strides3(y),
             h.stride(0), h.stride(1), h.stride(2) if store_h else 0,
-            BLOCK_D=block_d, BLOCK_N=block_n, STORE_H=store_h,
+            BLOCK_D=block_d, BLOCK_N=block_n, STORE_H=store_h, num_warps=warps,
         )
         if store_h:
             ctx.save_for_backward(u, delta, A, B, C, h)
@@ -124,7 +130,7 @@ class _TritonScan(torch.autograd.Function):
         u, delta, A, B, C, h = ctx.saved_tensors
         batch, dim, length = u.shape
         n_state = A.shape[1]
-        block_d, block_n = _block_sizes(dim, n_state)
+        block_d, block_n, warps = _launch_shape(batch, dim, n_state, u.device)
         n_blocks = triton.cdiv(dim, block_d)
         du = torch.empty(batch, length, dim, device=u.device, dtype=torch.float32)
         ddelta = torch.empty_like(du)
@@ -135,7 +141,7 @@ class _TritonScan(torch.autograd.Function):
             u, delta, A, B, C, dy, h, du, ddelta, da, db, dc, length, dim, n_state,
             *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1), *_strides3(B), *_strides3(C), *_strides3(dy),
             h.stride(0), h.stride(1), h.stride(2),
-            BLOCK_D=block_d, BLOCK_N=block_n,
+            BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps,
         )
         return (
             du.transpose(1, 2),  # (B, D, L)
