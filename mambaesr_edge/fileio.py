@@ -66,9 +66,10 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     tmp = _create_temp(target)
     try:
-        if target.exists():
-            os.chmod(tmp, target.stat().st_mode & 0o777)
+        # the existing target's mode, else what the OS gave the fresh temp file (0o666 minus the umask)
+        mode = (target if target.exists() else tmp).stat().st_mode & 0o777
         yield tmp
+        os.chmod(tmp, mode)  # writers that re-create the file (safetensors) would leave 0600
         _fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:

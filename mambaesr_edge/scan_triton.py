@@ -61,7 +61,8 @@ def _scan_bwd_kernel(
     mask_dn = mask_d[:, None] & mask_n[None, :]
     a = tl.load(a_ptr + offs_d[:, None] * sa_d + offs_n[None, :] * sa_n, mask=mask_dn, other=0.0)  # (BD, BN)
     g = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # dL/dh_t, (BD, BN)
-    da = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # dL/dA for this batch row, (BD, BN)
+    da = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # dL/dA for this batch row, (BD, BN): a sum over all L
+    da_err = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # Kahan compensation of that sum
     # outputs du, ddt: (batch, L, dim) contiguous; db, dc partials: (batch, n_blocks, L, N) contiguous
     part = (pid_b * n_blocks + pid_d) * length * n_state
     for i in range(length):
@@ -84,7 +85,10 @@ def _scan_bwd_kernel(
         tl.store(du_ptr + (pid_b * length + t) * dim + offs_d, du_t, mask=mask_d)
         tl.store(ddt_ptr + (pid_b * length + t) * dim + offs_d, ddt_t, mask=mask_d)
         tl.store(db_ptr + part + t * n_state + offs_n, tl.sum(g * (dt_t * u_t)[:, None], axis=0), mask=mask_n)
-        da = da + g_decay_h * dt_t[:, None]  # (BD, BN)
+        term = g_decay_h * dt_t[:, None] - da_err  # (BD, BN) Kahan-compensated accumulation of dL/dA
+        da_next = da + term
+        da_err = (da_next - da) - term
+        da = da_next
         g = g * decay  # (BD, BN) -> dL/dh_{t-1} from this step
     tl.store(da_ptr + pid_b * dim * n_state + offs_d[:, None] * n_state + offs_n[None, :], da, mask=mask_dn)
 

@@ -1,0 +1,87 @@
+"""PyTorch backend: the ``MambaSR`` module on CPU or CUDA, any scan implementation, optional fp16 on CUDA.
+
+fp16 uses ``torch.autocast`` (weights stay fp32; LayerNorm and the scan run in fp32, matmuls/convs in fp16).
+A module in eval mode under ``inference_mode`` keeps no state between calls, so one backend serves many threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError, RuntimeConfigError
+
+__all__ = ["TorchBackend"]
+
+log = logging.getLogger(__name__)
+
+
+class TorchBackend:
+    name = "torch"
+    input_hw = None
+    max_batch = None
+
+    def __init__(
+        self,
+        model,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        scan_impl: str | None = None,
+        weights_sha256: str | None = None,
+    ) -> None:
+        import torch
+
+        if precision not in ("fp32", "fp16"):
+            raise RuntimeConfigError(f"precision must be fp32 or fp16, got {precision!r}", hint="use --fp32 or --fp16")
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise BackendError("CUDA was asked for but torch sees no CUDA GPU", hint="use --backend torch on cpu, or install a CUDA build of torch")
+        if precision == "fp16" and dev.type != "cuda":
+            raise RuntimeConfigError("fp16 with the torch backend needs CUDA", hint="use --fp32 on CPU (fp16 is slower there)")
+        self.model = model.to(dev).eval()
+        self.device = dev
+        self.precision = precision
+        self.scan_impl = scan_impl
+        self.scale = int(model.scale)
+        self.weights_sha256 = weights_sha256
+
+    @classmethod
+    def from_weights(
+        cls,
+        weights: str | Path | None = None,
+        *,
+        preset: str | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        scan_impl: str = "auto",
+        param_key: str | None = None,
+    ) -> TorchBackend:
+        """Load weights (None: the shipped default model) with ``checkpoint.load_model``."""
+        from ...checkpoint import load_model
+
+        model, loaded = load_model(weights, preset, scan_impl=scan_impl, param_key=param_key)
+        return cls(model, device=device, precision=precision, weights_sha256=loaded.sha256)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)  # (N, 3, h, w)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.float16) if self.precision == "fp16" else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            y = self.model(x, scan_impl=self.scan_impl)  # (N, 3, s*h, s*w)
+        return y.float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def __repr__(self) -> str:
+        return f"TorchBackend(device={self.device}, precision={self.precision}, scale={self.scale})"
