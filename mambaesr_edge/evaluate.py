@@ -21,7 +21,7 @@ def super_resolve(model: MambaSR, lr: np.ndarray, *, scan_impl: str | None = Non
     Output is clamped to [0, 1] and rounded as BasicSR's tensor2img does.
     """
     device = next(model.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(lr)).to(device).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
+    x = torch.from_numpy(np.array(lr, copy=True)).to(device).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
     with torch.inference_mode():
         y = model(x, scan_impl=scan_impl)  # (1, 3, sH, sW)
     y = y[0].clamp(0.0, 1.0).permute(1, 2, 0).mul(255.0).round()  # (sH, sW, 3)

@@ -21,6 +21,8 @@ import math
 import numpy as np
 from scipy.ndimage import correlate1d
 
+from .errors import ImageError
+
 __all__ = [
     "rgb_to_y",
     "psnr",
@@ -59,7 +61,10 @@ def _prepare(a: np.ndarray, b: np.ndarray, crop_border: int, y_channel: bool) ->
         a = a[crop_border:-crop_border, crop_border:-crop_border]
         b = b[crop_border:-crop_border, crop_border:-crop_border]
     if a.size == 0:
-        raise ValueError(f"nothing left after cropping {crop_border} pixels from each border")
+        raise ImageError(
+            f"nothing left of a {a.shape[1]}x{a.shape[0]} image after cropping {crop_border} pixels from each border",
+            hint="evaluate on larger images",
+        )
     if y_channel and a.ndim == 3 and a.shape[2] == 3:
         a, b = rgb_to_y(a), rgb_to_y(b)
     a = a.astype(np.float64)
@@ -116,7 +121,11 @@ def ssim(a: np.ndarray, b: np.ndarray, *, crop_border: int, y_channel: bool = Tr
     """
     x, y = _prepare(a, b, crop_border, y_channel)
     if x.shape[0] < 11 or x.shape[1] < 11:
-        raise ValueError(f"SSIM needs at least 11x11 pixels after cropping, got {x.shape[:2]}")
+        raise ImageError(
+            f"image of {a.shape[1]}x{a.shape[0]} is too small for SSIM: {x.shape[1]}x{x.shape[0]} left after cropping "
+            f"{crop_border} border pixels, 11x11 needed",
+            hint="evaluate on images at least 11 + 2*scale pixels on each side",
+        )
     return float(np.mean([_ssim_single(x[..., c], y[..., c]) for c in range(x.shape[2])]))
 
 

@@ -42,6 +42,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -180,28 +183,64 @@ def _scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.
     return _finish(y, u, D, z, out_dtype)
 
 
-def linear_recurrence(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+def levels_for(max_tokens: int, chunk: int = CHUNK) -> int:
+    """Fewest chunking levels of the recurrence whose capacity chunk ** (levels + 1) holds max_tokens."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    levels = 0
+    while chunk ** (levels + 1) < max_tokens:
+        levels += 1
+    return levels
+
+
+# Levels used while tracing a dynamic-shape export (see `fixed_capacity`); None: derived from L. A ContextVar, so
+# it is local to the exporting thread and never leaks past the `with` block.
+_TRACE_LEVELS: ContextVar[int | None] = ContextVar("mambaesr_scan_trace_levels", default=None)
+
+
+@contextmanager
+def fixed_capacity(max_tokens: int) -> Iterator[int]:
+    """Inside the block, the chunked scan's structure is fixed by max_tokens instead of by L; yields the capacity.
+
+    For dynamic-H/W ONNX export: every pad and reshape is computed from the input's shape, so the traced graph is
+    right for any 1 <= L <= capacity = CHUNK ** (levels + 1), and fails loudly (a reshape error) above it.
+    """
+    levels = levels_for(max_tokens)
+    token = _TRACE_LEVELS.set(levels)
+    try:
+        yield CHUNK ** (levels + 1)
+    finally:
+        _TRACE_LEVELS.reset(token)
+
+
+def linear_recurrence(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK, levels: int | None = None) -> torch.Tensor:
     """Solve h_t = a_t * h_{t-1} + b_t (h_{-1} = 0) along dim -2 for a in [0, 1]; shapes (..., L, N) -> (..., L, N).
 
     Recursive chunked scan: every chunk of `chunk` tokens is scanned from a zero state (all chunks at once), the same
     function runs over the chunks' end states (L / chunk of them), and a fix-up adds each chunk's incoming state
-    times its cumulative decay. Depth log_chunk(L); every op is vectorised over all chunks.
+    times its cumulative decay. `levels` recursion levels (default: the fewest for L, or the export's capacity);
+    the last level pads to exactly one chunk, so L > chunk ** (levels + 1) fails loudly. Vectorised over chunks.
     """
     length = a.shape[-2]
-    if length <= chunk:
-        return _within_chunk_scan(a, b)[1]
+    if levels is None:
+        levels = _TRACE_LEVELS.get()
+    if levels is None:
+        levels = levels_for(int(length), chunk)
+    lead, n_state = a.shape[:-2], a.shape[-1]
     pad = (-length) % chunk
     a = F.pad(a, (0, 0, 0, pad), value=1.0)  # (..., Lp, N)   identity steps at the end change no earlier output
     b = F.pad(b, (0, 0, 0, pad))  # (..., Lp, N)
-    n_chunks = (length + pad) // chunk
-    lead, n_state = a.shape[:-2], a.shape[-1]
-    a = a.reshape(*lead, n_chunks, chunk, n_state)  # (..., nc, T, N)
-    b = b.reshape(*lead, n_chunks, chunk, n_state)  # (..., nc, T, N)
+    if levels == 0:  # one chunk left (a reshape error if there are more: beyond the capacity)
+        a = a.reshape(*lead, chunk, n_state)  # (..., T, N)
+        b = b.reshape(*lead, chunk, n_state)  # (..., T, N)
+        return _within_chunk_scan(a, b)[1][..., :length, :]  # (..., L, N)
+    a = a.reshape(*lead, -1, chunk, n_state)  # (..., nc, T, N)
+    b = b.reshape(*lead, -1, chunk, n_state)  # (..., nc, T, N)
     a_cum, h_local = _within_chunk_scan(a, b)  # (..., nc, T, N) decay since chunk start; state from a zero start
-    h_end = linear_recurrence(a_cum[..., -1, :], h_local[..., -1, :], chunk)  # (..., nc, N) true state at chunk ends
+    h_end = linear_recurrence(a_cum[..., -1, :], h_local[..., -1, :], chunk, levels - 1)  # (..., nc, N) chunk-end states
     h_in = F.pad(h_end[..., :-1, :], (0, 0, 1, 0))  # (..., nc, N) state entering each chunk (zero for the first)
     h = h_local + a_cum * h_in.unsqueeze(-2)  # (..., nc, T, N)
-    return h.reshape(*lead, n_chunks * chunk, n_state)[..., :length, :]  # (..., L, N)
+    return h.reshape(*lead, -1, n_state)[..., :length, :]  # (..., L, N)
 
 
 def _within_chunk_scan(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,13 +20,12 @@ from mambaesr_edge.cli import main  # noqa: E402
 from mambaesr_edge.export import tensorrt as trt_support  # noqa: E402
 from mambaesr_edge.export.bundle import BundleError, ExportOptions, export_bundle, read_bundle  # noqa: E402
 from mambaesr_edge.export.cost import analytic_macs_per_pixel, graph_cost, roofline  # noqa: E402
-from mambaesr_edge.export.dynamic_scan import capacity_recurrence, levels_for, linear_recurrence_fixed_depth  # noqa: E402
 from mambaesr_edge.export.onnx import FORBIDDEN_OPS, FP32_PREFIX, OnnxExportError, check_graph, export_onnx, read_metadata  # noqa: E402
 from mambaesr_edge.export.parity import ParityError, ort_session  # noqa: E402
 from mambaesr_edge.model import MambaSR  # noqa: E402
 from mambaesr_edge.presets import get_preset  # noqa: E402
+from mambaesr_edge.scan import fixed_capacity, levels_for, linear_recurrence  # noqa: E402
 from mambaesr_edge.profiles import load_profile  # noqa: E402
-from mambaesr_edge.scan import linear_recurrence  # noqa: E402
 
 TILE = 16
 
@@ -178,14 +177,14 @@ def test_fixed_depth_recurrence_equals_the_scan():
     torch.manual_seed(1)
     for length in (1, 7, 16, 17, 256, 300):
         a, b = torch.rand(2, 3, length, 4), torch.randn(2, 3, length, 4)
-        assert torch.allclose(linear_recurrence_fixed_depth(a, b, levels_for(300)), linear_recurrence(a, b), atol=1e-6)
+        assert torch.allclose(linear_recurrence(a, b, levels=levels_for(300)), linear_recurrence(a, b), atol=1e-6)
     with pytest.raises(RuntimeError):  # above the capacity it fails loudly, never silently
-        linear_recurrence_fixed_depth(torch.rand(1, 1, 17, 2), torch.rand(1, 1, 17, 2), levels=0)
-    import mambaesr_edge.scan as scan_module
-
-    with capacity_recurrence(1000) as capacity:
-        assert capacity == 4096 and scan_module.linear_recurrence is not linear_recurrence
-    assert scan_module.linear_recurrence is linear_recurrence
+        linear_recurrence(torch.rand(1, 1, 17, 2), torch.rand(1, 1, 17, 2), levels=0)
+    a, b = torch.rand(1, 1, 20, 2), torch.rand(1, 1, 20, 2)
+    with fixed_capacity(1000) as capacity:
+        assert capacity == 4096
+        inside = linear_recurrence(a, b)
+    assert torch.allclose(inside, linear_recurrence(a, b), atol=1e-6)
 
 
 def test_dynamic_export_is_right_at_other_sizes(model, tmp_path):

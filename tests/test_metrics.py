@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from mambaesr_edge.errors import ImageError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
@@ -77,7 +79,7 @@ def test_psnr_crop_border_ignores_border() -> None:
 def test_metrics_reject_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="shape"):
         psnr(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9, 3), np.uint8), crop_border=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ImageError, match="too small for SSIM"):
         ssim(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8), crop_border=0)  # smaller than 11x11
 
 

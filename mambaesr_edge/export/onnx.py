@@ -12,7 +12,7 @@ over L and specialise. The cost: this exporter is deprecated upstream; the dynam
 Static export (default): input "lr" (N, 3, tile, tile) float32 -> output "sr" (N, 3, s*tile, s*tile) float32.
 
 Dynamic H/W (`dynamic_hw=True`): the scan's recursion depth is fixed when traced, so the chunked scan's recurrence
-is swapped for a fixed-depth, shape-generic one (see dynamic_scan.py) sized for `max_tokens` = h*w; the graph is
+is traced with a fixed depth (scan.fixed_capacity), shape-generic, sized for `max_tokens` = h*w; the graph is
 then right for any h*w <= capacity (16 ** k >= max_tokens; recorded in the metadata) and fails loudly above it.
 Batch is dynamic too. Only single-order (raster) configs can be exported dynamically: other scan orders are
 permutations built for one H x W at trace time.
@@ -40,7 +40,7 @@ from torch import nn
 from ..errors import ConfigError, DependencyMissingError, MambaESRError
 from ..model import MambaSR
 from ..presets import ModelConfig
-from .dynamic_scan import capacity_recurrence
+from ..scan import fixed_capacity
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def export_onnx(
     dynamic_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}}
     if dynamic_hw and max_tokens is None:
         max_tokens = h * w
-    recurrence = capacity_recurrence(max_tokens) if max_tokens else contextlib.nullcontext(None)
+    recurrence = fixed_capacity(max_tokens) if max_tokens else contextlib.nullcontext(None)
     buffer = io.BytesIO()
     with recurrence as capacity, warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
