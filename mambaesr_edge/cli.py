@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ImageError, MambaESRError
+from .errors import MambaESRError
 from .scan import SCAN_IMPLS
 
 app = typer.Typer(
@@ -56,22 +56,48 @@ def _check_scan(scan: str) -> str:
 def eval_command(
     dataset: list[Path] = typer.Option(..., "--dataset", "-d", help="Folder NAME/ holding HR/ (+ LR_bicubic/X<scale>/)."),
     weights: Optional[Path] = WeightsOpt,
+    model_path: Optional[Path] = typer.Option(None, "--model", "-m", help="Model: weights, .onnx, .engine or an export bundle folder."),
     preset: Optional[str] = PresetOpt,
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="torch, onnxruntime or tensorrt (default: from the model path)."),
     scale: int = typer.Option(4, "--scale", help="Upscaling factor of the LR inputs."),
     scan: str = ScanOpt,
+    tile: int = typer.Option(0, "--tile", "-t", help="LR tile size; 0 = whole image (a static-shape ONNX/engine forces its own tile)."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", "--tile-overlap", help="Tile overlap in LR pixels (default: the bundle's, else 16)."),
+    half: bool = typer.Option(False, "--fp16/--fp32", help="fp16: a bundle's model_fp16.onnx (any device), torch autocast (CUDA)."),
+    cuda: bool = typer.Option(False, "--cuda", help="Run on the CUDA GPU (torch / onnxruntime)."),
     rgb: bool = typer.Option(False, "--rgb", help="Also report PSNR on RGB."),
     param_key: Optional[str] = typer.Option(None, "--param-key", help="Entry of a BasicSR .pth (params_ema or params)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
 ) -> None:
-    """Y-channel PSNR / SSIM (border = scale, MATLAB conventions) on benchmark folders."""
-    from .checkpoint import load_model
-    from .evaluate import evaluate_dataset
+    """Y-channel PSNR / SSIM (border = scale, MATLAB conventions) on benchmark folders, through any runtime backend."""
+    from .errors import ConfigError
+    from .evaluate import evaluate_upscaler
     from .fileio import atomic_write
-    from .model import count_parameters
+    from .runtime import Upscaler
 
-    model, loaded = load_model(weights, preset, scan_impl=_check_scan(scan), param_key=param_key)
-    results = [evaluate_dataset(model, d, scale=scale, rgb_psnr=rgb) for d in dataset]
-    table = Table(title=f"x{scale}  {weights or 'default model'}  ({count_parameters(model):,} params, scan {scan})")
+    if weights is not None and model_path is not None:
+        raise ConfigError("give --model or --weights, not both", hint="--model takes weights too (.safetensors/.pth)")
+    if tile < 0 or (overlap is not None and overlap < 0):
+        raise ConfigError("--tile and --overlap must be >= 0", hint="--tile 0 evaluates whole images")
+    path = model_path or weights
+    backend_obj, config, sha256, bundle = _open_eval_backend(
+        path, backend, preset=preset, scan=_check_scan(scan), param_key=param_key, precision="fp16" if half else "fp32", cuda=cuda
+    )
+    up = Upscaler(backend_obj, tile=tile, overlap=overlap, profile=bundle)
+    precision = _eval_precision(backend_obj, "fp16" if half else "fp32")
+    tile_hw = up.settings.tile
+    tile_used = 0 if tile_hw is None else (tile_hw[0] if tile_hw[0] == tile_hw[1] else list(tile_hw))
+    for decision in up.startup_decisions:
+        console.print(f"[dim]{decision}[/]", highlight=False)
+    results = [evaluate_upscaler(up, d, scale=scale, model_scale=backend_obj.scale, rgb_psnr=rgb) for d in dataset]
+    params = _count_params(config)
+    how = "whole image" if tile_used == 0 else f"tile {tile_used}, overlap {up.settings.overlap}"
+    table = Table(
+        title=f"x{scale}  {path or 'default model'}  ({backend_obj.name} {precision}, {how}"
+        + (f", {params:,} params" if params is not None else "")
+        + (f", scan {scan}" if backend_obj.name == "torch" else "")
+        + ")"
+    )
     for column in ("dataset", "images", "PSNR (Y)", "SSIM (Y)", *(("PSNR (RGB)",) if rgb else ()), "seconds"):
         table.add_column(column, justify="left" if column == "dataset" else "right")
     for r in results:
@@ -81,16 +107,78 @@ def eval_command(
     if json_out is not None:
         report = {
             "datasets": {r.name: r.to_dict() for r in results},
-            "params": count_parameters(model),
-            "weights": str(weights) if weights else "default",
-            "weights_sha256": loaded.sha256,
-            "config": json.loads(model.config.to_json()),
+            "params": params,
+            "weights": str(path) if path else "default",
+            "weights_sha256": sha256,
+            "config": json.loads(config.to_json()) if config is not None else None,
             "scale": scale,
-            "scan": scan,
+            "scan": scan if backend_obj.name == "torch" else "chunked (exported graph)",
+            "backend": backend_obj.name,
+            "tile": tile_used,
+            "overlap": up.settings.overlap,
+            "blend": up.settings.blend,
+            "precision": precision,
+            "decisions": [str(d) for d in up.startup_decisions],
         }
         with atomic_write(json_out) as tmp:
             tmp.write_text(json.dumps(report, indent=2))
         console.print(f"wrote {json_out}")
+
+
+def _open_eval_backend(path: Optional[Path], backend: Optional[str], *, preset, scan, param_key, precision, cuda):
+    """(backend, ModelConfig or None, weights sha256 or None, Bundle or None) for `eval`.
+
+    Weights in torch go through checkpoint.load_model (its error messages); everything else through open_backend."""
+    from .runtime.backends import open_backend, resolve_backend_name
+    from .runtime.bundle import is_bundle, read_bundle
+
+    device = "cuda" if cuda else "cpu"
+    name = resolve_backend_name(path, backend)
+    bundle = read_bundle(path) if path is not None and is_bundle(path) else None
+    if name == "torch" and bundle is None and (path is None or path.suffix.lower() in (".safetensors", ".pth", ".pt")):
+        from .checkpoint import load_model
+        from .runtime.backends.torch import TorchBackend
+
+        model, loaded = load_model(path, preset, scan_impl=scan, param_key=param_key)
+        return TorchBackend(model, device=device, precision=precision, weights_sha256=loaded.sha256), model.config, loaded.sha256, bundle
+    opened = open_backend(path, backend, device=device, precision=precision, preset=preset, scan_impl=scan, param_key=param_key)
+    if bundle is not None:
+        return opened, bundle.config, bundle.weights_sha256, bundle
+    config, sha256 = None, getattr(opened, "weights_sha256", None)
+    meta = _onnx_metadata(opened)
+    if "config" in meta:
+        from .presets import ModelConfig
+
+        try:
+            config = ModelConfig.from_json(meta["config"])
+        except (MambaESRError, ValueError, TypeError, KeyError):
+            config = None
+    return opened, config, meta.get("weights_sha256", sha256), bundle
+
+
+def _onnx_metadata(backend_obj) -> dict[str, str]:
+    """The mambaesr_edge.* metadata of an ONNX Runtime backend's graph (prefix dropped); {} for other backends."""
+    session = getattr(backend_obj, "session", None)
+    if session is None or not hasattr(session, "get_modelmeta"):
+        return {}
+    meta = session.get_modelmeta().custom_metadata_map
+    return {k.removeprefix("mambaesr_edge."): v for k, v in meta.items() if k.startswith("mambaesr_edge.")}
+
+
+def _eval_precision(backend_obj, requested: str) -> str:
+    """The precision the backend really runs: the graph's metadata (ONNX), the backend's own, else the request."""
+    meta = _onnx_metadata(backend_obj)
+    if meta.get("precision") in ("fp32", "fp16"):
+        return meta["precision"]
+    return getattr(backend_obj, "precision", None) or requested
+
+
+def _count_params(config) -> Optional[int]:
+    if config is None:
+        return None
+    from .model import MambaSR, count_parameters
+
+    return count_parameters(MambaSR(config))
 
 
 @app.command("upscale")
@@ -252,6 +340,10 @@ from .bench import register as _register_bench  # noqa: E402  (bench command, is
 
 _register_bench(app)
 
+from .data_commands import register as _register_data  # noqa: E402  (data prepare / list, issue 3)
+
+_register_data(app)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; turn user errors into one line + hint and exit code 2."""
@@ -268,15 +360,24 @@ def main(argv: list[str] | None = None) -> int:
         if exc.hint:
             err_console.print(f"hint: {exc.hint}", highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Exit as exc:
+    except _EXIT_ERRORS as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
+    except _USAGE_ERRORS as exc:  # bad or missing options: click's one-line usage message
+        if hasattr(exc, "show"):
+            exc.show()
+        else:
+            err_console.print(f"error: {exc}", highlight=False)
         return 2
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (*_ABORT_ERRORS, KeyboardInterrupt):
         err_console.print("interrupted")
         return 130
     return 0
+
+
+# Recent typer ships its own copy of click, older typer uses click itself: accept the exceptions of both.
+_EXIT_ERRORS = tuple({click.exceptions.Exit, typer.Exit})
+_USAGE_ERRORS = tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
+_ABORT_ERRORS = tuple({click.exceptions.Abort, typer.Abort})
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ a batch costs a few small indexing ops and no loader process.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from .datasets import IMAGE_SUFFIXES
-from .errors import DatasetError
+from .errors import DatasetError, ImageError
 from .fileio import atomic_write
 from .images import load_image
 from .metrics import bicubic_downscale_uint8
@@ -34,9 +35,11 @@ class TrainImages:
     lr: tuple[torch.Tensor, ...]
     names: tuple[str, ...]
     scale: int
+    unreadable: tuple[str, ...] = ()  # files left out: corrupt / not images
+    too_small: tuple[str, ...] = ()  # files left out: smaller than one HR patch
 
     def to(self, device: torch.device | str) -> "TrainImages":
-        return TrainImages(tuple(t.to(device) for t in self.hr), tuple(t.to(device) for t in self.lr), self.names, self.scale)
+        return dataclasses.replace(self, hr=tuple(t.to(device) for t in self.hr), lr=tuple(t.to(device) for t in self.lr))
 
 
 def list_hr_files(folders: list[Path]) -> list[Path]:
@@ -64,16 +67,25 @@ def load_train_images(folders: list[Path], scale: int, patch: int, cache_dir: Pa
     """Read every HR image (cropped to a multiple of scale), make LR by MATLAB bicubic; cache the pairs once."""
     files = list_hr_files(folders)
     cache = Path(cache_dir) / f"train_pairs_{_cache_key(files, scale, patch)}.npz" if cache_dir else None
+    first_error = ""
     if cache is not None and cache.is_file():
         with np.load(cache) as data:
             names = [str(n) for n in data["names"]]
             hrs = [data[f"hr_{i}"] for i in range(len(names))]
             lrs = [data[f"lr_{i}"] for i in range(len(names))]
+            unreadable = [str(n) for n in data["unreadable"]] if "unreadable" in data else []
+            skipped = [str(n) for n in data["too_small"]] if "too_small" in data else []
         log.info("loaded %d cached training pairs from %s", len(names), cache)
     else:
-        names, hrs, lrs, skipped = [], [], [], []
+        names, hrs, lrs, skipped, unreadable = [], [], [], [], []
         for path in files:
-            hr = load_image(path)
+            try:
+                hr = load_image(path)
+            except ImageError as exc:  # one bad file does not stop training: skipped and counted
+                unreadable.append(path.name)
+                first_error = first_error or exc.message
+                log.debug("skipping unreadable training image %s: %s", path, exc.message)
+                continue
             hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
             if min(hr.shape[:2]) < patch * scale:
                 skipped.append(path.name)
@@ -81,19 +93,27 @@ def load_train_images(folders: list[Path], scale: int, patch: int, cache_dir: Pa
             names.append(path.stem)
             hrs.append(hr)
             lrs.append(bicubic_downscale_uint8(hr, scale))
-        if skipped:
-            log.warning("%d of %d training images are smaller than one %dx%d HR patch and are left out (e.g. %s)",
-                        len(skipped), len(files), patch * scale, patch * scale, skipped[0])
-        if cache is not None:
+        if cache is not None and names:
             cache.parent.mkdir(parents=True, exist_ok=True)
             buffer = io.BytesIO()
-            np.savez(buffer, names=np.array(names), **{f"hr_{i}": a for i, a in enumerate(hrs)}, **{f"lr_{i}": a for i, a in enumerate(lrs)})
+            np.savez(buffer, names=np.array(names), unreadable=np.array(unreadable, dtype=str), too_small=np.array(skipped, dtype=str),
+                     **{f"hr_{i}": a for i, a in enumerate(hrs)}, **{f"lr_{i}": a for i, a in enumerate(lrs)})
             with atomic_write(cache) as tmp:
                 tmp.write_bytes(buffer.getvalue())
+    if unreadable:
+        log.warning("%d of %d training images cannot be read and are left out (first: %s%s)", len(unreadable), len(files),
+                    unreadable[0], f": {first_error}" if first_error else "")
+    if skipped:
+        log.warning("%d of %d training images are smaller than one %dx%d HR patch and are left out (e.g. %s)",
+                    len(skipped), len(files), patch * scale, patch * scale, skipped[0])
     if not names:
-        raise DatasetError("no training image is large enough for one patch", hint="use a smaller --patch")
+        if unreadable and not skipped:
+            raise DatasetError(f"none of the {len(files)} training images can be read (first: {unreadable[0]})",
+                               hint="the files are corrupt or not images; re-export or re-download them")
+        raise DatasetError(f"no usable training image: {len(skipped)} smaller than one {patch * scale}x{patch * scale} HR patch, "
+                           f"{len(unreadable)} unreadable", hint="use a smaller --patch, or larger images")
     to_tensor = lambda a: torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).contiguous()  # noqa: E731
-    return TrainImages(tuple(map(to_tensor, hrs)), tuple(map(to_tensor, lrs)), tuple(names), scale)
+    return TrainImages(tuple(map(to_tensor, hrs)), tuple(map(to_tensor, lrs)), tuple(names), scale, tuple(unreadable), tuple(skipped))
 
 
 def sample_patches(

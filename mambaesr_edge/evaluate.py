@@ -1,8 +1,13 @@
-"""Whole-image super-resolution and benchmark evaluation (BasicSR conventions: Y channel, border = scale)."""
+"""Benchmark evaluation (BasicSR conventions: Y channel, border = scale) of any ``lr_uint8 -> sr_uint8`` callable.
+
+``evaluate_upscaler`` is the one evaluation loop: the CLI hands it an ``Upscaler`` (torch, ONNX Runtime or TensorRT,
+whole image or tiled), training hands it ``super_resolve`` on its model (``evaluate_dataset``).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,26 +53,27 @@ class DatasetResult:
         return out
 
 
-def evaluate_dataset(
-    model: MambaSR, dataset_dir: str | Path, *, scale: int, scan_impl: str | None = None, rgb_psnr: bool = False
+def evaluate_upscaler(
+    upscale: Callable[[np.ndarray], np.ndarray],
+    dataset_dir: str | Path,
+    *,
+    scale: int,
+    model_scale: int | None = None,
+    rgb_psnr: bool = False,
 ) -> DatasetResult:
-    """Y-channel PSNR/SSIM (border = scale) of the model on NAME/HR (+ LR_bicubic/X<scale>, else generated)."""
-    if model.scale != scale:
+    """Y-channel PSNR/SSIM (border = scale) of ``upscale`` (RGB uint8 HxWx3 -> RGB uint8 sHxsWx3) on NAME/HR
+    (+ LR_bicubic/X<scale>, else generated). ``model_scale``: the model's factor, checked against ``scale``."""
+    if model_scale is not None and model_scale != scale:
         raise ConfigError(
-            f"the model upscales x{model.scale} but --scale is {scale}", hint=f"pass --scale {model.scale} or x{scale} weights"
+            f"the model upscales x{model_scale} but --scale is {scale}", hint=f"pass --scale {model_scale} or x{scale} weights"
         )
     per_image: dict[str, dict[str, float]] = {}
-    rgb_values = []
     start = time.perf_counter()
     for pair in load_pairs(dataset_dir, scale):
-        sr = super_resolve(model, pair.lr, scan_impl=scan_impl)
-        per_image[pair.name] = {
-            "psnr": psnr(sr, pair.hr, crop_border=scale),
-            "ssim": ssim(sr, pair.hr, crop_border=scale),
-        }
+        sr = upscale(pair.lr)
+        per_image[pair.name] = {"psnr": psnr(sr, pair.hr, crop_border=scale), "ssim": ssim(sr, pair.hr, crop_border=scale)}
         if rgb_psnr:
             per_image[pair.name]["psnr_rgb"] = psnr(sr, pair.hr, crop_border=scale, y_channel=False)
-            rgb_values.append(per_image[pair.name]["psnr_rgb"])
     seconds = time.perf_counter() - start
     return DatasetResult(
         name=Path(dataset_dir).resolve().name,
@@ -75,5 +81,14 @@ def evaluate_dataset(
         ssim=float(np.mean([v["ssim"] for v in per_image.values()])),
         seconds=seconds,
         per_image=per_image,
-        psnr_rgb=float(np.mean(rgb_values)) if rgb_psnr else None,
+        psnr_rgb=float(np.mean([v["psnr_rgb"] for v in per_image.values()])) if rgb_psnr else None,
+    )
+
+
+def evaluate_dataset(
+    model: MambaSR, dataset_dir: str | Path, *, scale: int, scan_impl: str | None = None, rgb_psnr: bool = False
+) -> DatasetResult:
+    """``evaluate_upscaler`` on a PyTorch model run whole-image (``super_resolve``); used by training."""
+    return evaluate_upscaler(
+        lambda lr: super_resolve(model, lr, scan_impl=scan_impl), dataset_dir, scale=scale, model_scale=model.scale, rgb_psnr=rgb_psnr
     )

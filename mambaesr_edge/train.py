@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
+import io
 import json
 import logging
 import math
 import os
+import secrets
 import subprocess
 import time
 from dataclasses import dataclass
@@ -27,9 +30,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .checkpoint import load_model, save_weights
+from .checkpoint import load_model
 from .data import load_train_images, sample_patches
-from .errors import ConfigError
+from .errors import ConfigError, MambaESRError
 from .evaluate import evaluate_dataset
 from .fileio import atomic_write
 from .model import MambaSR, count_parameters
@@ -108,14 +111,61 @@ def _write_json(path: Path, obj: object) -> None:
         tmp.write_text(json.dumps(obj, indent=2, default=str))
 
 
+class CheckpointWriteError(MambaESRError):
+    """A checkpoint or the final weights could not be written (disk full, read-only folder, ...)."""
+
+
+def _write_error(exc: OSError, what: str, run_dir: Path) -> CheckpointWriteError:
+    disk_full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    problem = "no space left on the disk" if disk_full else f"an OS error ({exc.strerror or exc})"
+    return CheckpointWriteError(
+        f"{problem} while writing {what} in {run_dir}; the previous checkpoint there is intact",
+        hint=("free disk space (or use --out on a larger disk), then continue with: mambaesr-edge train --resume "
+              f"{run_dir}") if disk_full else f"check that {run_dir} is writable, then continue with --resume {run_dir}",
+    )
+
+
+def _weights_bytes(model: MambaSR, meta: dict[str, str]) -> bytes:
+    """The file `save_weights` writes, made in memory (so a failed write is a plain OSError with its errno)."""
+    from safetensors.torch import save
+
+    from .checkpoint import CONFIG_KEY, FORMAT, FORMAT_KEY
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return save(tensors, metadata={CONFIG_KEY: model.config.to_json(), FORMAT_KEY: FORMAT, **meta})
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write and fsync one file (Python's own I/O: ENOSPC arrives as OSError, unlike torch/safetensors writers)."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def _save_checkpoint(run_dir: Path, model: MambaSR, ema: MambaSR, optimizer, step: int, cfg: TrainConfig) -> None:
+    """Write the set (weights, EMA weights, optimizer state) to temporary files, then rename all three.
+
+    Nothing is renamed until every file is complete on disk, so a full disk leaves the previous set untouched.
+    """
     ckpt = run_dir / "checkpoints"
-    ckpt.mkdir(parents=True, exist_ok=True)
     meta = {"mambaesr_edge.step": str(step)}
-    save_weights(model, ckpt / "last.safetensors", meta)
-    save_weights(ema, ckpt / "last_ema.safetensors", meta)
-    with atomic_write(ckpt / "last_state.pt") as tmp:  # written last: its step says the set is complete
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "train_config": dataclasses.asdict(cfg)}, tmp)
+    names = ("last.safetensors", "last_ema.safetensors", "last_state.pt")  # renamed in this order: the state last
+    token = secrets.token_hex(4)
+    tmps = [ckpt / f".{Path(n).stem}.tmp-{token}{Path(n).suffix}" for n in names]
+    state = io.BytesIO()
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "train_config": dataclasses.asdict(cfg)}, state)
+    try:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        for tmp, data in zip(tmps, (_weights_bytes(model, meta), _weights_bytes(ema, meta), state.getvalue())):
+            _write_bytes(tmp, data)
+        for tmp, name in zip(tmps, names):
+            os.replace(tmp, ckpt / name)
+    except OSError as exc:
+        raise _write_error(exc, f"the step-{step} checkpoint", run_dir) from exc
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
 
 
 def _load_checkpoint(run_dir: Path, model: MambaSR, ema: MambaSR, optimizer) -> int:
@@ -168,7 +218,10 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     if cfg.teacher:
         teacher = load_model(cfg.teacher, cfg.teacher_preset, scan_impl=cfg.scan_impl)[0].to(device).requires_grad_(False)
         if teacher.scale != cfg.scale:
-            raise ConfigError(f"teacher is x{teacher.scale}, student x{cfg.scale}", hint="use a teacher of the same scale")
+            raise ConfigError(f"teacher {cfg.teacher} is x{teacher.scale}, student x{cfg.scale}",
+                              hint=f"distil from a teacher trained for x{cfg.scale}, the student's scale")
+    # before any run folder is made: bad data (missing, empty, all unreadable or too small) fails at once
+    images = load_train_images([Path(d) for d in cfg.train_dirs], cfg.scale, cfg.patch, Path(cfg.cache_dir) if cfg.cache_dir else None).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
 
     if resume is not None:
@@ -178,6 +231,8 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         run_dir = Path(cfg.out_dir) / (cfg.run_name or f"{stamp}_{cfg.preset}{'_kd' if teacher else ''}")
         start_step = 0
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"run folder {run_dir} already holds a run", hint=f"continue it with --resume {run_dir}, or pick another --name")
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "config.json", {
@@ -186,7 +241,6 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
             "torch": torch.__version__, "amp": amp, "resumed_from_step": start_step,
         })
 
-    images = load_train_images([Path(d) for d in cfg.train_dirs], cfg.scale, cfg.patch, Path(cfg.cache_dir) if cfg.cache_dir else None).to(device)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cuda else None) if world > 1 else model
     forward = torch.compile(net) if cfg.compile else net
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
@@ -242,7 +296,11 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     if rank == 0:
         log_file.close()
         _save_checkpoint(run_dir, model, ema, optimizer, step, cfg)
-        save_weights(ema, run_dir / "model_ema.safetensors", {"mambaesr_edge.step": str(step)})
+        try:
+            with atomic_write(run_dir / "model_ema.safetensors") as tmp:
+                _write_bytes(tmp, _weights_bytes(ema, {"mambaesr_edge.step": str(step)}))
+        except OSError as exc:
+            raise _write_error(exc, "the final weights model_ema.safetensors", run_dir) from exc
         _finish_run(run_dir, ema, cfg)
     if world > 1:
         dist.barrier()

@@ -86,6 +86,12 @@ def test_resume_after_a_crash_continues_exactly(hr_folder, tmp_path, monkeypatch
     assert {"train", "model", "git", "params"} <= set(config) and "commit" in config["git"]
 
 
+def test_a_new_run_never_writes_into_an_existing_run_folder(hr_folder, tmp_path):
+    train(_cfg(hr_folder, tmp_path, run_name="taken", iterations=1))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(_cfg(hr_folder, tmp_path, run_name="taken", iterations=1))
+
+
 def test_distillation_uses_the_teacher(hr_folder, tmp_path):
     teacher_path = save_weights(MambaSR(get_preset("test")), tmp_path / "teacher.safetensors")
     run = train(_cfg(hr_folder, tmp_path, run_name="kd", teacher=str(teacher_path), alpha=0.8, iterations=2, log_every=1))

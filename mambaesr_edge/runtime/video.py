@@ -94,20 +94,23 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float) -> i
     if fourcc is None:
         raise ImageError(f"unknown video format for {target}", hint=f"use one of {', '.join(VIDEO_SUFFIXES)}")
     count = 0
-    with atomic_write(target) as tmp:
-        writer = None
-        try:
-            for frame in frames:
-                if writer is None:
-                    h, w = frame.shape[:2]
-                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), float(fps), (w, h))
-                    if not writer.isOpened():
-                        raise ImageError(f"OpenCV cannot write {target.suffix} video ({fourcc})", hint="try -o out.avi")
-                writer.write(np.ascontiguousarray(frame))
-                count += 1
-        finally:
-            if writer is not None:
-                writer.release()
-        if count == 0:
-            raise ImageError("the video has no frames to write", hint="check that the input video decodes (ffprobe it)")
+    try:
+        with atomic_write(target) as tmp:
+            writer = None
+            try:
+                for frame in frames:
+                    if writer is None:
+                        h, w = frame.shape[:2]
+                        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), float(fps), (w, h))
+                        if not writer.isOpened():
+                            raise ImageError(f"OpenCV cannot write {target.suffix} video ({fourcc})", hint="try -o out.avi")
+                    writer.write(np.ascontiguousarray(frame))
+                    count += 1
+            finally:
+                if writer is not None:
+                    writer.release()
+            if count == 0:
+                raise ImageError("the video has no frames to write", hint="check that the input video decodes (ffprobe it)")
+    except OSError as exc:  # the temp file / rename: folder not writable, disk full (the temp file is already removed)
+        raise ImageError(f"cannot write video {target}: {exc.strerror or exc}", hint="check that the output folder is writable") from exc
     return count
