@@ -213,25 +213,10 @@ def _network(model: Path | None, preset: str | None, scan: str) -> tuple[Any, di
 
 
 def export_onnx_for_bench(net: Any, path: Path, tile_hw: tuple[int, int], batch: int) -> Path:
-    """Static (batch, 3, h, w) ONNX of `net` through the exportable `chunked` scan, input "lr", output "sr"."""
-    import warnings
+    """Static (batch, 3, h, w) ONNX of `net` through the exporter (exportable `chunked` scan, checked, with metadata)."""
+    from .export.onnx import export_onnx
 
-    import torch
-
-    class _Chunked(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.inner(x, scan_impl="chunked")
-
-    example = torch.rand(batch, 3, *tile_hw)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(_Chunked(net.eval()), (example,), str(path), input_names=["lr"], output_names=["sr"],
-                          opset_version=17, dynamo=False)
-    return path
+    return export_onnx(net.eval(), path, input_shape=(batch, 3, *tile_hw), simplify=False).path
 
 
 def open_bench_backend(backend: str, *, model: Path | None, bundle: Path | None, preset: str | None, scan: str,
