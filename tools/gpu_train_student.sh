@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # How the shipped student was trained: on the device machine (H100), from the repo root, with the training images
-# repacked as lossless WebP under .carry/data/train (see tools/README) and the DVMSR teacher under .carry/weights.
+# repacked as lossless WebP under .carry/data/train (tools/pack_training_images.py ../shared/datasets/train --out
+# .carry/data/train), Set5 under .carry/data/Set5 and the DVMSR teacher under .carry/weights.
 # Usage: tools/gpu_train_student.sh MINUTES [RESUME_RUN_DIR]
 set -euo pipefail
 minutes=${1:-7}
