@@ -1,6 +1,6 @@
 import sys, torch
 sys.path.insert(0, 'tests')
-from test_scan import make_inputs, _cast, rel_error
+from test_scan import make_inputs, rel_error
 from mambaesr_edge.scan import selective_scan
 for L in (17, 1000, 4097):
     for opts in ((), ("D","z","bias","softplus")):
