@@ -8,7 +8,6 @@ Configs of outside checkpoints are inferred from tensor shapes; a preset, when g
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import pickletools
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import ArchitectureMismatchError, WeightsError
-from .fileio import atomic_write
+from .fileio import atomic_write, sha256_file  # noqa: F401  (sha256_file is part of this module's API)
 from .model import MambaSR
 from .presets import ModelConfig, get_preset
 from .resources import default_weights_path
@@ -38,14 +37,6 @@ class LoadedWeights:
     metadata: dict[str, str]
     sha256: str
     source: str  # "mambaesr-edge", "state_dict", "basicsr:params_ema", ...
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_weights(path: str | Path, param_key: str | None = None) -> LoadedWeights:

@@ -8,6 +8,7 @@ block raises, the temporary file is deleted and the target is left exactly as it
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "sha256_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,3 +80,12 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
             logger.warning("could not remove temporary file %s", tmp)
         raise
     _fsync_dir(target.parent)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

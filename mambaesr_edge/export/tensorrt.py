@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
 
-from ..checkpoint import sha256_file
+from ..fileio import sha256_file
 from ..errors import DependencyMissingError, MambaESRError
 from ..fileio import atomic_write
 from ..profiles import MIN_TILE, DeviceProfile

@@ -11,12 +11,12 @@ Engine manifest keys read (model.engine.json): ``tensorrt`` (alias ``tensorrt_ve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..fileio import sha256_file
 from ..presets import ModelConfig
 from .errors import BundleError
 
@@ -36,15 +36,6 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = "mambaesr-edge-bundle/1"
 ENGINE_FILE = "model.engine"
 ENGINE_MANIFEST = "model.engine.json"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file (here rather than from checkpoint.py, which would import torch)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
