@@ -264,7 +264,8 @@ def demo_command(
 @app.command("train")
 def train_command(
     train_dir: list[Path] = typer.Option([], "--train-dir", help="Folder of HR training images (repeatable)."),
-    preset: str = typer.Option("student", "--preset", "-p", help="Preset of the network to train."),
+    preset: str = typer.Option("student", "--preset", "-p", help="Preset of the network to train (not with --init)."),
+    dt_rank: Optional[int] = typer.Option(None, "--dt-rank", help="Replace the preset's dt projection rank (e.g. 2 or 30)."),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Validation set NAME/ with HR/ (e.g. Set5)."),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher weights for knowledge distillation."),
     teacher_preset: Optional[str] = typer.Option(None, "--teacher-preset", help="Teacher preset (default: from the file)."),
@@ -285,7 +286,7 @@ def train_command(
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop with a checkpoint after this long."),
     out_dir: Path = typer.Option(Path("runs"), "--out", help="Parent folder of run folders."),
     run_name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default: timestamp_preset)."),
-    init_weights: Optional[Path] = typer.Option(None, "--init", help="Start from these weights."),
+    init_weights: Optional[Path] = typer.Option(None, "--init", help="Start from these weights and the network they store."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder exactly."),
 ) -> None:
     """Train a network (plain, or distilled from --teacher); same code under torchrun for several GPUs."""
@@ -295,7 +296,7 @@ def train_command(
         cfg = load_train_config(resume, iterations=iterations, max_minutes=max_minutes)
     else:
         cfg = TrainConfig(
-            preset=preset, train_dirs=tuple(str(d) for d in train_dir), val_dir=str(val_dir) if val_dir else None,
+            preset=preset, dt_rank=dt_rank, train_dirs=tuple(str(d) for d in train_dir), val_dir=str(val_dir) if val_dir else None,
             teacher=str(teacher) if teacher else None, teacher_preset=teacher_preset, alpha=alpha if teacher else 0.0,
             iterations=iterations or 10_000, batch_size=batch_size, patch=patch, lr=lr, schedule=schedule, warmup=warmup,
             milestones=tuple(milestones), val_every=val_every, ckpt_every=ckpt_every, log_every=log_every, seed=seed,

@@ -36,15 +36,16 @@ from .errors import ConfigError, MambaESRError
 from .evaluate import evaluate_dataset
 from .fileio import atomic_write
 from .model import MambaSR, count_parameters
-from .presets import get_preset
+from .presets import ModelConfig, get_preset
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    preset: str = "student"
+    preset: str = "student"  # ignored with init_weights: the network is the one stored in that file
     scale: int = 4
+    dt_rank: int | None = None  # replaces the preset's dt rank (the seed paper's rank study: 2 vs 30)
     train_dirs: tuple[str, ...] = ()
     val_dir: str | None = None
     teacher: str | None = None  # weights file of the teacher (config read from the file or inferred)
@@ -71,7 +72,7 @@ class TrainConfig:
     out_dir: str = "runs"
     run_name: str | None = None
     cache_dir: str | None = ".cache/mambaesr"
-    init_weights: str | None = None  # start from these weights (fine-tuning)
+    init_weights: str | None = None  # start from these weights and their network (fine-tuning, pruned students)
 
     def __post_init__(self) -> None:
         if not self.train_dirs:
@@ -184,6 +185,23 @@ def _load_checkpoint(run_dir: Path, model: MambaSR, ema: MambaSR, optimizer) -> 
     return step
 
 
+def _build_model(cfg: TrainConfig, resume: Path | None) -> MambaSR:
+    """The network to train: the run folder's (resume), the --init file's (with its weights), else the preset's."""
+    if resume is not None:
+        config = ModelConfig.from_dict(json.loads((Path(resume) / "config.json").read_text())["model"])
+        return MambaSR(config, scan_impl=cfg.scan_impl)
+    if cfg.init_weights:
+        init, _ = load_model(cfg.init_weights, scan_impl="reference")
+        if init.scale != cfg.scale or (cfg.dt_rank is not None and cfg.dt_rank != init.config.dt_rank):
+            raise ConfigError(f"{cfg.init_weights} holds a x{init.scale} network with dt rank {init.config.dt_rank}",
+                              hint="drop --dt-rank / --scale: a run started from --init trains the network stored in that file")
+        model = MambaSR(init.config, scan_impl=cfg.scan_impl)
+        model.load_state_dict(init.state_dict())
+        return model
+    overrides = {"dt_rank": cfg.dt_rank} if cfg.dt_rank is not None else {}
+    return MambaSR(get_preset(cfg.preset, scale=cfg.scale, **overrides), scan_impl=cfg.scan_impl)
+
+
 def load_train_config(run_dir: Path, **overrides: object) -> TrainConfig:
     """The TrainConfig a run folder was started with (for --resume), with some fields replaced."""
     path = Path(run_dir) / "config.json"
@@ -210,9 +228,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     amp = cfg.amp if cfg.amp != "auto" else ("bf16" if cuda else "none")
     torch.manual_seed(cfg.seed)
 
-    model = MambaSR(get_preset(cfg.preset, scale=cfg.scale), scan_impl=cfg.scan_impl).to(device)
-    if cfg.init_weights:
-        model.load_state_dict(load_model(cfg.init_weights, scan_impl="reference")[0].state_dict())
+    model = _build_model(cfg, resume).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     teacher = None
     if cfg.teacher:

@@ -92,6 +92,24 @@ def test_a_new_run_never_writes_into_an_existing_run_folder(hr_folder, tmp_path)
         train(_cfg(hr_folder, tmp_path, run_name="taken", iterations=1))
 
 
+def test_dt_rank_override_and_init_from_a_pruned_network(hr_folder, tmp_path):
+    run = train(_cfg(hr_folder, tmp_path, run_name="rank", dt_rank=3, iterations=1))
+    assert load_model(run / "checkpoints" / "last.safetensors")[0].config.dt_rank == 3
+    # a two-group network, pruned to one group as tools/prune_groups.py does: --init trains the file's network
+    two = MambaSR(get_preset("test", groups=2))
+    one = MambaSR(get_preset("test", groups=1))
+    one.load_state_dict({k.replace("layers.1.", "layers.0."): v for k, v in two.state_dict().items() if not k.startswith("layers.0.")})
+    init = save_weights(one, tmp_path / "pruned.safetensors")
+    run = train(_cfg(hr_folder, tmp_path, run_name="pruned", preset="student", init_weights=str(init), iterations=2, ckpt_every=1))
+    trained = load_model(run / "checkpoints" / "last.safetensors")[0]
+    assert trained.config == one.config
+    assert load_train_config(run).init_weights == str(init)
+    resumed = train(load_train_config(run, iterations=3), resume=run)  # resume builds the run's network, not the preset's
+    assert load_model(resumed / "checkpoints" / "last.safetensors")[0].config == one.config
+    with pytest.raises(ConfigError, match="dt rank"):
+        train(_cfg(hr_folder, tmp_path, run_name="clash", init_weights=str(init), dt_rank=2, iterations=1))
+
+
 def test_distillation_uses_the_teacher(hr_folder, tmp_path):
     teacher_path = save_weights(MambaSR(get_preset("test")), tmp_path / "teacher.safetensors")
     run = train(_cfg(hr_folder, tmp_path, run_name="kd", teacher=str(teacher_path), alpha=0.8, iterations=2, log_every=1))
