@@ -1,8 +1,10 @@
 """Fused selective scan in Triton (CUDA): the state lives in registers, one pass over the sequence.
 
-Forward: one program per (batch, block of BLOCK_D channels) walks t = 0..L-1 keeping h (BLOCK_D, N) in registers:
-    h = exp(delta_t A) * h + delta_t u_t B_t ;  y_t = h . C_t
-reading u, delta, B, C once and writing y once (plus h for every step when a gradient is needed).
+Forward: one program per (batch, block of BLOCK_D channels) walks the sequence in blocks of BLOCK_L steps, keeping
+the state h (BLOCK_D, N) in registers between blocks; within a block the recurrence
+    h_t = exp(delta_t A) * h_{t-1} + delta_t u_t B_t ;  y_t = h_t . C_t
+is an associative scan over (decay, drive) pairs, so BLOCK_L steps take log2(BLOCK_L) dependent rounds instead of
+BLOCK_L. It reads u, delta, B, C once and writes y once (plus h for every step when a gradient is needed).
 Backward: the adjoint recurrence walks t = L-1..0 with g = dL/dh_t in registers:
     g += dy_t C_t ;  grads of u_t, delta_t, B_t, A from g and h_{t-1} ;  g *= exp(delta_t A)
 Inputs may have any strides: the model's tensors are (batch, L, dim) in memory, so the per-step loads of a channel
@@ -18,30 +20,47 @@ import triton.language as tl
 
 
 @triton.jit
+def _combine(a_left, h_left, a_right, h_right):
+    """Two recurrence steps h -> a h + b, left (earlier) then right, as one: (a_r a_l, a_r h_l + h_r)."""
+    return a_right * a_left, a_right * h_left + h_right
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, y_ptr, h_ptr,
-    length, dim, n_state,
+    length, n_blocks, dim, n_state,
     su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sa_d, sa_n, sb_b, sb_n, sb_l, sc_b, sc_n, sc_l,
     sy_b, sy_d, sy_l, sh_b, sh_l, sh_d,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STORE_H: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STORE_H: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
     offs_n = tl.arange(0, BLOCK_N)  # (BN,)
+    offs_l = tl.arange(0, BLOCK_L)  # (BL,)
     mask_d, mask_n = offs_d < dim, offs_n < n_state
     mask_dn = mask_d[:, None] & mask_n[None, :]  # (BD, BN)
     a = tl.load(a_ptr + offs_d[:, None] * sa_d + offs_n[None, :] * sa_n, mask=mask_dn, other=0.0)  # (BD, BN)
-    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # (BD, BN)
-    for t in range(length):
-        u_t = tl.load(u_ptr + pid_b * su_b + offs_d * su_d + t * su_l, mask=mask_d, other=0.0)  # (BD,)
-        dt_t = tl.load(dt_ptr + pid_b * sdt_b + offs_d * sdt_d + t * sdt_l, mask=mask_d, other=0.0)  # (BD,)
-        b_t = tl.load(b_ptr + pid_b * sb_b + offs_n * sb_n + t * sb_l, mask=mask_n, other=0.0)  # (BN,)
-        c_t = tl.load(c_ptr + pid_b * sc_b + offs_n * sc_n + t * sc_l, mask=mask_n, other=0.0)  # (BN,)
-        h = tl.exp(dt_t[:, None] * a) * h + (dt_t * u_t)[:, None] * b_t[None, :]  # (BD, BN)
-        y_t = tl.sum(h * c_t[None, :], axis=1)  # (BD,)
-        tl.store(y_ptr + pid_b * sy_b + offs_d * sy_d + t * sy_l, y_t, mask=mask_d)
+    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # state after the previous block, (BD, BN)
+    for block in range(n_blocks):
+        t = block * BLOCK_L + offs_l  # (BL,)
+        mask_ld = (t < length)[:, None] & mask_d[None, :]  # (BL, BD)
+        mask_ln = (t < length)[:, None] & mask_n[None, :]  # (BL, BN)
+        # past the end delta = u = 0: the step is the identity (decay 1, input 0), so the last row is h_{L-1}
+        u_blk = tl.load(u_ptr + pid_b * su_b + t[:, None] * su_l + offs_d[None, :] * su_d, mask=mask_ld, other=0.0)  # (BL, BD)
+        dt_blk = tl.load(dt_ptr + pid_b * sdt_b + t[:, None] * sdt_l + offs_d[None, :] * sdt_d, mask=mask_ld, other=0.0)  # (BL, BD)
+        b_blk = tl.load(b_ptr + pid_b * sb_b + t[:, None] * sb_l + offs_n[None, :] * sb_n, mask=mask_ln, other=0.0)  # (BL, BN)
+        c_blk = tl.load(c_ptr + pid_b * sc_b + t[:, None] * sc_l + offs_n[None, :] * sc_n, mask=mask_ln, other=0.0)  # (BL, BN)
+        decay = tl.exp(dt_blk[:, :, None] * a[None, :, :])  # exp(delta_t A), (BL, BD, BN)
+        drive = (dt_blk * u_blk)[:, :, None] * b_blk[:, None, :]  # delta_t u_t B_t, (BL, BD, BN)
+        # within the block, in parallel: decay_cum_t = prod_{s<=t} decay_s, h_local_t = h_t for a zero start state
+        decay_cum, h_local = tl.associative_scan((decay, drive), 0, _combine)  # (BL, BD, BN) each
+        h_blk = decay_cum * h[None, :, :] + h_local  # h_t, (BL, BD, BN)
+        y_blk = tl.sum(h_blk * c_blk[:, None, :], axis=2)  # (BL, BD)
+        tl.store(y_ptr + pid_b * sy_b + t[:, None] * sy_l + offs_d[None, :] * sy_d, y_blk, mask=mask_ld)
         if STORE_H:
-            tl.store(h_ptr + pid_b * sh_b + t * sh_l + offs_d[:, None] * sh_d + offs_n[None, :], h, mask=mask_dn)
+            h_offs = t[:, None, None] * sh_l + offs_d[None, :, None] * sh_d + offs_n[None, None, :]  # (BL, BD, BN)
+            tl.store(h_ptr + pid_b * sh_b + h_offs, h_blk, mask=mask_ld[:, :, None] & mask_n[None, None, :])
+        h = tl.sum(tl.where((offs_l == BLOCK_L - 1)[:, None, None], h_blk, 0.0), axis=0)  # last row, (BD, BN)
 
 
 @triton.jit
@@ -94,13 +113,40 @@ def _scan_bwd_kernel(
 
 
 def _launch_shape(batch: int, dim: int, n_state: int, device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_N, num_warps): each program walks all L steps, so prefer many small programs (>= 4 per SM)."""
+    """(BLOCK_D, BLOCK_N, num_warps) of the backward: each program walks all L steps, so many small programs (>= 4 per SM)."""
     block_n = triton.next_power_of_2(n_state)
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     block_d = min(16, triton.next_power_of_2(dim))
     while block_d > 2 and batch * triton.cdiv(dim, block_d) < 4 * sms:
         block_d //= 2
     return block_d, block_n, 1 if block_d * block_n <= 128 else 2
+
+
+def forward_launch_shape(batch: int, dim: int, length: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_L, BLOCK_D, num_warps) of the forward: blocks of BLOCK_L steps scanned in parallel; BLOCK_D channels
+    per program, fewer when that leaves the SMs idle (measured on an H100: benchmarks/scan_triton_kernels.py)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    block_l = min(64, max(16, triton.next_power_of_2(length)))
+    block_d = min(8, triton.next_power_of_2(dim))
+    while block_d > 2 and batch * triton.cdiv(dim, block_d) < 2 * sms:
+        block_d //= 2
+    return block_l, block_d, 4
+
+
+def scan_forward(u, delta, A, B, C, *, store_h: bool, launch: tuple[int, int, int] | None = None):
+    """y (B, D, L) and, with store_h, every state h (B, L, D, N) for the backward; fp32 inputs of any strides."""
+    batch, dim, length = u.shape
+    n_state = A.shape[1]
+    block_l, block_d, warps = launch or forward_launch_shape(batch, dim, length, u.device)
+    y = torch.empty(batch, length, dim, device=u.device, dtype=torch.float32).transpose(1, 2)  # (B, D, L) view
+    h = torch.empty(batch, length, dim, n_state, device=u.device, dtype=torch.float32) if store_h else y
+    _scan_fwd_kernel[(batch, triton.cdiv(dim, block_d))](
+        u, delta, A, B, C, y, h, length, triton.cdiv(length, block_l), dim, n_state,
+        *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1), *_strides3(B), *_strides3(C), *_strides3(y),
+        h.stride(0), h.stride(1), h.stride(2) if store_h else 0,
+        BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(n_state), STORE_H=store_h, num_warps=warps,
+    )
+    return y, (h if store_h else None)
 
 
 def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
@@ -112,19 +158,8 @@ class _TritonScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C):
-        batch, dim, length = u.shape
-        n_state = A.shape[1]
-        block_d, block_n, warps = _launch_shape(batch, dim, n_state, u.device)
         store_h = any(ctx.needs_input_grad)
-        y = torch.empty(batch, length, dim, device=u.device, dtype=torch.float32).transpose(1, 2)  # (B, D, L) view
-        h = torch.empty(batch, length, dim, n_state, device=u.device, dtype=torch.float32) if store_h else y
-        grid = (batch, triton.cdiv(dim, block_d))
-        _scan_fwd_kernel[grid](
-            u, delta, A, B, C, y, h, length, dim, n_state,
-            *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1), *_strides3(B), *_strides3(C), *_strides3(y),
-            h.stride(0), h.stride(1), h.stride(2) if store_h else 0,
-            BLOCK_D=block_d, BLOCK_N=block_n, STORE_H=store_h, num_warps=warps,
-        )
+        y, h = scan_forward(u, delta, A, B, C, store_h=store_h)
         if store_h:
             ctx.save_for_backward(u, delta, A, B, C, h)
         return y
