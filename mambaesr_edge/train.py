@@ -59,7 +59,7 @@ class TrainConfig:
     milestones: tuple[int, ...] = ()  # multistep: lr halves at each
     min_lr: float = 1e-6
     warmup: int = 0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # the cap of the warmed-up decay, see ema_decay()
     grad_clip: float | None = None
     log_every: int = 50
     val_every: int = 1000
@@ -92,6 +92,12 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
         return cfg.lr * 0.5 ** sum(step >= m for m in cfg.milestones)
     progress = (step - cfg.warmup) / max(1, cfg.iterations - cfg.warmup)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def ema_decay(cfg: TrainConfig, step: int) -> float:
+    """EMA decay after optimizer step `step` (0-based), warmed up as (1 + step) / (10 + step): a short run's EMA
+    is not mostly its initial weights (with 0.999 flat, 500 steps leave 61% of them in)."""
+    return min(cfg.ema_decay, (1 + step) / (10 + step))
 
 
 def git_state() -> dict[str, object]:
@@ -287,8 +293,9 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         with torch.no_grad():
+            decay = ema_decay(cfg, step)
             for p_ema, p in zip(ema.parameters(), model.parameters()):
-                p_ema.lerp_(p, 1.0 - cfg.ema_decay)
+                p_ema.lerp_(p, 1.0 - decay)
         step += 1
         samples_seen += cfg.batch_size
 

@@ -118,6 +118,17 @@ def test_distillation_uses_the_teacher(hr_folder, tmp_path):
         assert r["loss"] == pytest.approx(0.8 * r["loss_kd"] + 0.2 * r["loss_gt"], rel=1e-5)
 
 
+def test_ema_decay_warms_up_to_its_cap(hr_folder, tmp_path):
+    from mambaesr_edge.train import ema_decay
+
+    cfg = _cfg(hr_folder, tmp_path, ema_decay=0.999)
+    assert ema_decay(cfg, 0) == pytest.approx(0.1)
+    assert 0.98 < ema_decay(cfg, 500) < 0.99
+    assert ema_decay(cfg, 100_000) == 0.999
+    # after 500 steps the initial weights keep < 1e-3 of the average
+    assert np.prod([ema_decay(cfg, s) for s in range(500)]) < 1e-3
+
+
 def test_learning_rate_schedules(hr_folder, tmp_path):
     cfg = _cfg(hr_folder, tmp_path, iterations=100, lr=1e-3, min_lr=0.0)
     assert learning_rate(cfg, 0) == pytest.approx(1e-3) and learning_rate(cfg, 50) == pytest.approx(5e-4)
