@@ -75,6 +75,7 @@ from mambaesr_edge.scan import selective_scan
 HERE = Path(__file__).resolve().parent
 SET5_BABY = "datasets/benchmark/Set5/LR_bicubic/X4/babyx4.png"
 GOAL_FPS = 60.0  # student 1080p frame (issue 7)
+GOAL_PRESET = "dvmsr-g1"  # the goals' "student": the network of the shipped default (the distilled student)
 GOAL_RATIO = 1.3  # Mamba / same-FLOPs CNN time
 GOAL_TRAIN_MIN = 15.0  # 10K iterations at batch 32
 GOAL_CPU_UPSCALE_S = 1.0  # 128x128 -> 512x512 on 2 cores
@@ -95,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (cpu-budget: 2)")
     p.add_argument("--sections", nargs="+", default=["scan", "tile", "frame", "train", "upscale"],
                    choices=["scan", "tile", "frame", "train", "upscale"], help="what to measure")
-    p.add_argument("--presets", nargs="+", default=None, help="default student dvmsr (quick: test)")
+    p.add_argument("--presets", nargs="+", default=None, help=f"default {GOAL_PRESET} student dvmsr (quick: test)")
     p.add_argument("--impls", nargs="+", default=None, help="scan impls for the network rows (default: chunked, triton on CUDA, mamba_ssm if importable)")
     p.add_argument("--amp", nargs="+", default=["none"], choices=["none", "fp16", "bf16"], help="inference autocast variants (CUDA only)")
     p.add_argument("--with-reference", action="store_true", help="reference scan at full size (and on CUDA)")
@@ -120,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-cli", action="store_true", help="skip the CLI subprocess upscale row")
     args = p.parse_args(argv)
     args.frames = {"1080p": (1080, 1920), "540p": (540, 960)}
-    args.frame_540p_presets = ("student",)
+    args.frame_540p_presets = (GOAL_PRESET,)
     args.upscale_size = 128
     if args.quick:
         args.presets = args.presets or ["test"]
@@ -141,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.train_batch, args.train_patch, args.train_steps = 2, 32, 1
         args.target_s = 0.5
         args.max_seconds = args.max_seconds or 420.0
-    args.presets = args.presets or ["student", "dvmsr"]
+    args.presets = args.presets or [GOAL_PRESET, "student", "dvmsr"]
     args.max_seconds = args.max_seconds or 180.0
     return args
 
@@ -721,8 +722,8 @@ def run_all(r: Runner) -> None:
             cnn_specs[preset] = {"error": f"{type(exc).__name__}: {exc}"}
     r.report["cnn"] = cnn_specs
     r.save()
-    if not cuda and "upscale" in args.sections and "student" in args.presets:
-        upscale_rows(r, "student")  # the CPU goal comes early: the rest of a CPU run is slow
+    if not cuda and "upscale" in args.sections and GOAL_PRESET in args.presets:
+        upscale_rows(r, GOAL_PRESET)  # the CPU goal comes early: the rest of a CPU run is slow
     elif not cuda and "upscale" in args.sections:
         upscale_rows(r, args.presets[0])
     ts = None
@@ -797,31 +798,31 @@ def summarise(r: Runner) -> None:
     rep["ratios"] = ratios
     goals = {}
     args = r.args
-    student = "student" if "student" in args.presets else args.presets[0]
+    student = GOAL_PRESET if GOAL_PRESET in args.presets else args.presets[0]
     cuda = rep["device_type"] == "cuda"
     for name in args.frames:
         best = _best(rep["frame"], preset=student, model="mamba", frame=name, path="model")
         if best:
             hr = f"{best['hr_hw'][1]}x{best['hr_hw'][0]}"
-            goals[f"student_fps_{name}_lr"] = _goal(best["fps"], GOAL_FPS, ">=", student == "student" and name in ("1080p", "540p") and cuda,
+            goals[f"student_fps_{name}_lr"] = _goal(best["fps"], GOAL_FPS, ">=", student == GOAL_PRESET and name in ("1080p", "540p") and cuda,
                                                     frame=f"{best['lr_hw'][1]}x{best['lr_hw'][0]} LR -> {hr}", impl=best["impl"],
                                                     amp=best["amp"], extrapolated=best.get("extrapolated"),
                                                     note="network only, tiles on the device")
         e2e = _best(rep["frame"], preset=student, model="mamba", frame=name, path="e2e")
         if e2e:
-            goals[f"student_fps_{name}_lr_e2e"] = _goal(e2e["fps"], GOAL_FPS, ">=", student == "student" and cuda, impl=e2e["impl"],
+            goals[f"student_fps_{name}_lr_e2e"] = _goal(e2e["fps"], GOAL_FPS, ">=", student == GOAL_PRESET and cuda, impl=e2e["impl"],
                                                         amp=e2e["amp"], note="runtime Upscaler: host tiling, transfers, numpy blend")
     first_frame = next(iter(args.frames))
     for section, extra in (("frame", {"frame": first_frame, "path": "model"}), ("tile", {"batch": max(args.tile_batches)}), ("train", {})):
         cands = [x for x in ratios if x["section"] == section and x["preset"] == student and all(x.get(k) == v for k, v in extra.items())]
         if cands:
             b = min(cands, key=lambda x: x["ratio"])
-            goals[f"mamba_cnn_ratio_{section}"] = _goal(b["ratio"], GOAL_RATIO, "<=", student == "student" and cuda, impl=b["impl"],
+            goals[f"mamba_cnn_ratio_{section}"] = _goal(b["ratio"], GOAL_RATIO, "<=", student == GOAL_PRESET and cuda, impl=b["impl"],
                                                         amp=b.get("amp"), **extra)
     tr = _best(rep["train"], preset=student, model="mamba")
     if tr:
         goals["train_10k_minutes"] = _goal(tr["minutes_10k"], GOAL_TRAIN_MIN, "<=",
-                                           student == "student" and cuda and tr["batch"] == 32 and tr["patch"] == 64,
+                                           student == GOAL_PRESET and cuda and tr["batch"] == 32 and tr["patch"] == 64,
                                            impl=tr["impl"], batch=tr["batch"], patch=tr["patch"])
     up = next((x for x in rep["upscale"] if x.get("path") == "torch-chunked" and "s" in x), None)
     if up:

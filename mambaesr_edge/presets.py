@@ -107,6 +107,11 @@ PRESETS: dict[str, ModelConfig] = {
     "teacher": ModelConfig(embed_dim=60, groups=4, blocks_per_group=4, dt_rank=2),
     # MambaLiteSR student: dim 32, 4 groups x 2 = 8 mixers, low-rank dt (rank 2).
     "student": ModelConfig(embed_dim=32, groups=4, blocks_per_group=2, dt_rank=2),
+    # DVMSR cut to its first group (151,368 params): the shipped default, distilled from DVMSR after pruning
+    # (tools/prune_groups.py --keep 0; MODEL_CARD.md).
+    "dvmsr-g1": ModelConfig(groups=1),
+    # DVMSR cut to groups 0 and 3 (242,388 params): the larger pruned student (benchmarks/train_runs/dvmsr_g03_kd).
+    "dvmsr-g2": ModelConfig(groups=2),
     # Tiny network for fast tests.
     "test": ModelConfig(embed_dim=8, groups=1, blocks_per_group=2, d_state=4, dt_rank=1),
 }

@@ -128,7 +128,7 @@ def forward_launch_shape(batch: int, dim: int, length: int, device: torch.device
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     block_l = min(64, max(16, triton.next_power_of_2(length)))
     block_d = min(8, triton.next_power_of_2(dim))
-    while block_d > 2 and batch * triton.cdiv(dim, block_d) < 2 * sms:
+    while block_d > 2 and batch * triton.cdiv(dim, block_d) < sms // 2:
         block_d //= 2
     return block_l, block_d, 4
 

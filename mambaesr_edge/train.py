@@ -251,10 +251,15 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
         start_step = _load_checkpoint(run_dir, model, ema, optimizer)
     else:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(cfg.out_dir) / (cfg.run_name or f"{stamp}_{cfg.preset}{'_kd' if teacher else ''}")
+        name = [cfg.run_name or f"{stamp}_{cfg.preset}{'_kd' if teacher else ''}"]
+        if world > 1:
+            dist.broadcast_object_list(name, src=0)  # rank 0's timestamp: one folder for all ranks
+        run_dir = Path(cfg.out_dir) / name[0]
         start_step = 0
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ConfigError(f"run folder {run_dir} already holds a run", hint=f"continue it with --resume {run_dir}, or pick another --name")
+        if world > 1:
+            dist.barrier()  # every rank has checked the folder before rank 0 writes into it
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "config.json", {

@@ -15,6 +15,8 @@ def test_parameter_counts_as_measured():
     assert count_parameters(MambaSR(get_preset("dvmsr"))) == 424_428  # DVMSR's released weights
     assert count_parameters(MambaSR(get_preset("student"))) == 141_008  # not the seed paper's "370K"
     assert count_parameters(MambaSR(get_preset("teacher"))) == 650_988
+    assert count_parameters(MambaSR(get_preset("dvmsr-g1"))) == 151_368  # the shipped default's network
+    assert count_parameters(MambaSR(get_preset("dvmsr-g2"))) == 242_388
     assert count_parameters(MambaSR(get_preset("test"))) < 10_000
 
 
@@ -75,4 +77,4 @@ def test_config_validation_and_json_round_trip():
         get_preset("huge")
     with pytest.raises(ConfigError, match="unknown model config fields"):
         ModelConfig.from_dict({"embed_dim": 8, "colour": "red"})
-    assert set(PRESETS) == {"dvmsr", "teacher", "student", "test"}
+    assert set(PRESETS) == {"dvmsr", "teacher", "student", "dvmsr-g1", "dvmsr-g2", "test"}
