@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import pickle
 import pickletools
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .errors import ArchitectureMismatchError, WeightsError
+from .errors import ArchitectureMismatchError, ConfigError, WeightsError
 from .fileio import atomic_write, sha256_file  # noqa: F401  (sha256_file is part of this module's API)
 from .model import MambaSR
 from .presets import ModelConfig, get_preset
@@ -58,13 +59,20 @@ def _read_safetensors(path: Path) -> LoadedWeights:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"corrupt or unreadable safetensors file {path}: {exc}", hint="re-download or re-export it") from exc
-    config = ModelConfig.from_json(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else None
+    try:
+        config = ModelConfig.from_json(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else None
+    except ConfigError as exc:
+        raise WeightsError(
+            f"{path} carries an invalid model config ({exc.message})", hint="re-save the weights with mambaesr-edge"
+        ) from exc
     return LoadedWeights(tensors, config, metadata, sha256_file(path), "mambaesr-edge" if config else "safetensors")
 
 
 def _read_torch(path: Path, param_key: str | None) -> LoadedWeights:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses anyway
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         imports = _pickle_imports(path)
         if not imports:  # no import at all: the bytes are just not a valid checkpoint
@@ -177,6 +185,25 @@ def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
         )
 
 
+def check_tensor_values(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
+    """Float parameters need float tensors (any float width is cast to float32) holding finite numbers."""
+    expected = model.state_dict()
+    not_float = [
+        f"{k} ({v.dtype})" for k, v in state_dict.items() if expected[k].is_floating_point() and not v.is_floating_point()
+    ]
+    if not_float:
+        raise WeightsError(
+            f"weights {name} hold non-float tensors for float parameters: {', '.join(not_float[:4])}",
+            hint="the file is damaged or was converted wrongly; re-export it (float16/bfloat16/float32/float64 load)",
+        )
+    not_finite = [k for k, v in state_dict.items() if not torch.isfinite(v).all()]
+    if not_finite:
+        raise WeightsError(
+            f"weights {name} contain NaN or infinite values in {', '.join(not_finite[:4])}",
+            hint="the training run diverged or the file is damaged; use an earlier checkpoint",
+        )
+
+
 def load_model(
     weights: str | Path | None = None,
     preset: str | None = None,
@@ -198,6 +225,7 @@ def load_model(
         config = loaded.config or infer_config(loaded.state_dict)
     model = MambaSR(config, scan_impl=scan_impl)
     check_state_dict(model, loaded.state_dict, path.name)
+    check_tensor_values(model, loaded.state_dict, path.name)
     tensors = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in loaded.state_dict.items()}
     model.load_state_dict(tensors, strict=True)
     return model.eval(), loaded

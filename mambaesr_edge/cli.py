@@ -1,6 +1,7 @@
 """The `mambaesr-edge` command line: a thin face over the library.
 
-User errors (MambaESRError) print one line and a hint and exit 2; `--debug` shows the traceback instead.
+User errors (MambaESRError, and OSError: the file system refusing a path) print one line and a hint and exit 2;
+`--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def eval_command(
         raise ConfigError("give --model or --weights, not both", hint="--model takes weights too (.safetensors/.pth)")
     if tile < 0 or (overlap is not None and overlap < 0):
         raise ConfigError("--tile and --overlap must be >= 0", hint="--tile 0 evaluates whole images")
+    if json_out is not None and (json_out.is_dir() or not json_out.parent.is_dir()):
+        problem = "is a folder" if json_out.is_dir() else "is in a folder that does not exist"
+        raise ConfigError(f"--json {json_out} {problem}", hint="pass a file path in an existing folder")
     path = model_path or weights
     backend_obj, config, sha256, bundle = _open_eval_backend(
         path, backend, preset=preset, scan=_check_scan(scan), param_key=param_key, precision="fp16" if half else "fp32", cuda=cuda
@@ -360,6 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         if exc.hint:
             err_console.print(f"hint: {exc.hint}", highlight=False, soft_wrap=True)
+        return 2
+    except OSError as exc:  # the file system refused (a path that is a file, a full disk, ...): the user's to fix
+        if debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        err_console.print(f"[bold red]error:[/] {exc.strerror or exc}{where}", highlight=False, soft_wrap=True)
+        err_console.print("hint: check the paths and their permissions; --debug shows where it happened", highlight=False)
         return 2
     except _EXIT_ERRORS as exc:
         return exc.exit_code

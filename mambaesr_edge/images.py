@@ -11,9 +11,10 @@ Reading (every failure becomes an ``ImageError`` naming the file, with a hint):
 
 Writing: ``save_image(path, array)`` writes atomically (see ``fileio.atomic_write``): an
 existing file is never left half-written. uint8 HxW / HxWx3 / HxWx4 in any format Pillow
-writes; uint16 HxW / HxWx3 / HxWx4 as 16-bit PNG.
+writes; uint16 HxW / HxWx3 / HxWx4 as 16-bit PNG (HxW also as 16-bit TIFF).
 
-Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is respected, not changed.
+Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is respected, not changed; an image above it
+is refused (Pillow itself only warns between the limit and twice the limit), before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +66,22 @@ def _png_bit_depth(path: Path) -> int | None:
 
 
 def _open(path: PathLike) -> tuple[Image.Image, str | None]:
-    """Open, fully decode and EXIF-orient an image; returns (in-memory image, format)."""
+    """Open, fully decode and EXIF-orient an image; returns (in-memory image, format).
+
+    Pillow's warnings about a damaged file (corrupt EXIF, odd TIFF tags) become log lines naming the file instead
+    of bare lines on stderr; its decompression-bomb warning becomes an ``ImageError``. Not thread-safe (warnings
+    filters are global): images are loaded from one thread here."""
     p = Path(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = _decode(p)
+    for warning in caught:
+        logger.warning("%s: %s", p, warning.message)
+    return image
+
+
+def _decode(p: Path) -> tuple[Image.Image, str | None]:
     try:
         with Image.open(p) as im:
             fmt = im.format
@@ -77,13 +93,15 @@ def _open(path: PathLike) -> tuple[Image.Image, str | None]:
         raise ImageError(f"expected an image file, got a folder: {p}", hint="pass a file inside it") from e
     except PermissionError as e:
         raise ImageError(f"no permission to read image: {p}", hint="check the file's permissions") from e
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(
             f"image too large to open safely: {p} ({e})",
             hint="if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS in your own script",
         ) from e
     except UnidentifiedImageError as e:
-        raise ImageError(f"not a readable image: {p}", hint="use PNG, JPEG, BMP, TIFF or WebP") from e
+        raise ImageError(
+            f"not a readable image (unknown format or damaged header): {p}", hint="use PNG, JPEG, BMP, TIFF or WebP"
+        ) from e
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, ... on bad data
         raise ImageError(f"cannot decode image {p}: {e}", hint=_CORRUPT_HINT) from e
 
@@ -177,7 +195,7 @@ def _check_array(arr: np.ndarray, target: Path) -> np.ndarray:
 def save_image(path: PathLike, array: np.ndarray) -> None:
     """Write a uint8 or uint16 image atomically; the format follows the file suffix.
 
-    uint16 arrays are written as 16-bit PNG (suffix must be .png). On failure raises
+    uint16 arrays are written as 16-bit PNG (grayscale also as TIFF). On failure raises
     ``ImageError``; an existing file at ``path`` is left untouched and no temp file remains.
     """
     target = Path(path)
@@ -185,8 +203,8 @@ def save_image(path: PathLike, array: np.ndarray) -> None:
     if fmt is None:
         raise ImageError(f"unknown image format for {target}", hint="use a suffix such as .png, .jpg, .bmp or .tif")
     arr = _check_array(np.asarray(array), target)
-    if arr.dtype == np.uint16 and fmt != "PNG":
-        raise ImageError(f"16-bit images can only be saved as PNG: {target}", hint="use a .png suffix")
+    if arr.dtype == np.uint16 and fmt != "PNG" and not (fmt == "TIFF" and arr.ndim == 2):
+        raise ImageError(f"16-bit images can only be saved as PNG (grayscale also TIFF): {target}", hint="use a .png suffix")
     try:
         with atomic_write(target) as tmp:
             if arr.dtype == np.uint16 and arr.ndim == 3:

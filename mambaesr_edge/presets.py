@@ -89,15 +89,20 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ModelConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError(f"model config must be a JSON object, got {type(raw).__name__}", hint="re-save the checkpoint")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"unknown model config fields: {unknown}", hint="the file may come from a newer mambaesr-edge")
         values = dict(raw)
-        for name in ("scan_orders", "rgb_mean"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
+        try:
+            for name in ("scan_orders", "rgb_mean"):
+                if name in values:
+                    values[name] = tuple(values[name])
+            return cls(**values)
+        except (TypeError, ValueError, AttributeError) as exc:  # wrong types: a list where a number goes, ...
+            raise ConfigError(f"invalid model config: {exc}", hint="re-save the checkpoint") from exc
 
 
 PRESETS: dict[str, ModelConfig] = {

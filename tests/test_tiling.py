@@ -191,3 +191,59 @@ def test_invalid_tile_settings_are_config_errors(tile, overlap):
 def test_empty_image_is_a_config_error():
     with pytest.raises(ConfigError, match="empty"):
         plan_tiles((0, 5), 8, 2)
+
+
+# ----------------------------------------------------------------------------- issue 8: what the properties above leave out
+
+
+@st.composite
+def rect_geometry(draw):
+    """Non-square tiles (a static engine's input need not be square), any image size, overlap up to half the tile."""
+    th, tw = draw(st.integers(2, 24)), draw(st.integers(2, 24))
+    overlap = draw(st.integers(0, min(th, tw) // 2))
+    return (draw(st.integers(1, 60)), draw(st.integers(1, 60))), (th, tw), overlap
+
+
+@FAST
+@given(rect_geometry(), st.sampled_from([1, 3]), st.sampled_from(BLENDS))
+def test_rectangular_tiles_cover_every_pixel_and_weights_sum_to_one(geo, scale, blend):
+    (h, w), (th, tw), overlap = geo
+    plan = plan_tiles((h, w), (th, tw), overlap)
+    ph, pw = plan.padded_hw
+    covered = np.zeros((ph, pw), dtype=int)
+    for y, x in plan.origins:
+        assert 0 <= y <= ph - th and 0 <= x <= pw - tw
+        covered[y : y + th, x : x + tw] += 1
+    top, _, left, _ = plan.pad
+    assert (covered[top : top + h, left : left + w] >= 1).all()  # every image pixel is in some tile
+    ones = [(i, np.ones((1, th * scale, tw * scale), np.float32)) for i in range(plan.num_tiles)]
+    out = blend_tiles(plan, ones, scale, blend, channels=1)
+    assert out.shape == (1, h * scale, w * scale)
+    np.testing.assert_allclose(out, 1.0, rtol=0, atol=1e-6)
+
+
+class NearestBackend:
+    """A Backend (docs/interfaces.md) whose model is a nearest-neighbour x2: the exact answer is known."""
+
+    name, scale, input_hw, max_batch, precision = "nearest", 2, None, None, "fp32"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return batch.repeat(2, axis=2).repeat(2, axis=3)
+
+    def synchronize(self) -> None:
+        pass
+
+
+@FAST
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 24), st.data())
+def test_upscaler_any_image_tile_and_overlap_below_the_tile(h, w, tile, data):
+    """Through the public Upscaler: overlaps above half the tile are reduced at start-up, never refused or wrong."""
+    from mambaesr_edge.runtime import Upscaler
+
+    overlap = data.draw(st.integers(0, tile - 1))
+    blend = data.draw(st.sampled_from(BLENDS))
+    up = Upscaler(NearestBackend(), tile=tile, overlap=overlap, blend=blend, free_bytes=1 << 30)
+    image = np.random.default_rng(h * 41 + w).integers(0, 256, (h, w, 3)).astype(np.uint8)
+    out = up(image)
+    assert out.shape == (2 * h, 2 * w, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, image.repeat(2, axis=0).repeat(2, axis=1))

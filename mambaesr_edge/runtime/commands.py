@@ -25,8 +25,9 @@ from rich.markup import escape
 
 from ..errors import ImageError, MambaESRError
 from ..images import load_image_any, save_image
+from .errors import RuntimeConfigError
 from .upscaler import Upscaler
-from .video import is_video, probe_video, read_frames, write_video
+from .video import VIDEO_SUFFIXES, check_frame_count, is_video, probe_video, read_frames, write_video
 
 __all__ = ["IMAGE_SUFFIXES", "UpscaleRequest", "UpscaleSummary", "build_upscaler", "output_name", "run_upscale"]
 
@@ -190,10 +191,16 @@ def _run_video(req: UpscaleRequest, up: Upscaler, console) -> UpscaleSummary:
     start = time.perf_counter()
     with _progress(console) as progress:
         task = progress.add_task("frames", total=info.frames or None)
-        source = (frame[..., ::-1] for frame in read_frames(req.input))  # BGR -> RGB for an "rgb" Upscaler
+
+        def source():  # BGR -> RGB for an "rgb" Upscaler; a stream that stops early fails (no output written)
+            decoded = 0
+            for frame in read_frames(req.input):
+                decoded += 1
+                yield frame[..., ::-1]
+            check_frame_count(req.input, decoded, info.frames)
 
         def frames_out():
-            with up.stream(source) as stream:
+            with up.stream(source()) as stream:
                 for frame in stream:
                     progress.advance(task)
                     yield np.ascontiguousarray(frame[..., ::-1])
@@ -206,6 +213,13 @@ def _run_video(req: UpscaleRequest, up: Upscaler, console) -> UpscaleSummary:
     return UpscaleSummary(count, 0, (), seconds)
 
 
+def _check_numbers(req: UpscaleRequest) -> None:
+    """Negative sizes are refused before the model loads (0 means: whole image / automatic)."""
+    for flag, value in (("--tile", req.tile), ("--tile-overlap", req.overlap), ("--batch", req.batch)):
+        if value is not None and value < 0:
+            raise RuntimeConfigError(f"{flag} must be >= 0, got {value}", hint="e.g. --tile 64 --tile-overlap 16; --tile 0: whole image")
+
+
 def run_upscale(req: UpscaleRequest, console) -> UpscaleSummary:
     """Check paths, build the Upscaler, and upscale an image, a folder or a video. Prints through ``console``."""
     if not req.input.exists():
@@ -215,6 +229,8 @@ def run_upscale(req: UpscaleRequest, console) -> UpscaleSummary:
     if req.input.is_file() and not is_video(req.input) and req.input.suffix.lower() not in IMAGE_SUFFIXES:
         log.info("%s has an unusual suffix; trying to read it as an image", req.input)
     if not req.input.is_dir() and not req.output.is_dir() and not req.output.parent.is_dir():
+        if req.output.parent.exists():
+            raise ImageError(f"output folder is a file: {req.output.parent}", hint="choose another -o")
         raise ImageError(f"output folder does not exist: {req.output.parent}", hint="create it first")
     if not req.input.is_dir():
         target = _image_target(req) if not is_video(req.input) else _video_target(req)
@@ -222,6 +238,9 @@ def run_upscale(req: UpscaleRequest, console) -> UpscaleSummary:
             raise ImageError(f"output path is the input path: {req.input}", hint="choose another -o so the input is kept")
         if target.exists() and not req.overwrite:
             raise ImageError(f"output exists: {target}", hint="pass --overwrite to replace it, or choose another -o")
+        if is_video(req.input) and not is_video(target):
+            raise ImageError(f"the input is a video but the output {target} is not", hint=f"use one of {', '.join(VIDEO_SUFFIXES)}")
+    _check_numbers(req)
     up = build_upscaler(req)
     for decision in up.startup_decisions:
         console.print(f"[dim]{escape(str(decision))}[/]", highlight=False)

@@ -7,6 +7,7 @@ it on success (``fileio.atomic_write``): an interrupted or failed run leaves no 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,16 @@ import numpy as np
 from ..errors import DependencyMissingError, ImageError
 from ..fileio import atomic_write
 
-__all__ = ["VIDEO_SUFFIXES", "VideoInfo", "import_cv2", "is_video", "probe_video", "read_frames", "write_video"]
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "VideoInfo",
+    "check_frame_count",
+    "import_cv2",
+    "is_video",
+    "probe_video",
+    "read_frames",
+    "write_video",
+]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +35,8 @@ _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi
 
 
 def import_cv2():
+    if not log.isEnabledFor(logging.DEBUG):  # FFmpeg's own complaints about a damaged file, on stderr: only with --debug
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     try:
         import cv2
     except ImportError as exc:
@@ -84,6 +96,19 @@ def read_frames(source: str | Path | int, limit: int | None = None) -> Iterator[
             yield frame
     finally:
         capture.release()
+
+
+def check_frame_count(source: str | Path, decoded: int, declared: int) -> None:
+    """A stream that ends before the frame count its container declares is broken or truncated: ``ImageError``.
+
+    One frame short is only logged: containers without a stored count give OpenCV an estimate (duration x fps)."""
+    if declared - decoded > 1:
+        raise ImageError(
+            f"video {source} ends after {decoded} of its {declared} frames: the stream is truncated or broken",
+            hint="re-encode or re-download it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4); no output was written",
+        )
+    if decoded < declared:
+        log.warning("video %s: decoded %d frames, its container declares %d", source, decoded, declared)
 
 
 def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float) -> int:

@@ -42,6 +42,29 @@ def providers_for(device: str, available: list[str]) -> list[str]:
     return wanted
 
 
+def _missing_external_data(path: Path) -> list[str]:
+    """External data files (initializers' ``location``, relative to the .onnx) the graph names but that are absent.
+
+    Read with the onnx package when it is installed (the export extra); [] when it is not or the file does not
+    parse (onnxruntime then names the problem)."""
+    try:
+        import onnx
+    except ImportError:
+        return []
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - not a readable graph: onnxruntime's own error is reported instead
+        return []
+    locations = {
+        entry.value
+        for tensor in graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return sorted(name for name in locations if not (path.parent / name).is_file())
+
+
 def _static(dim: object) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
@@ -77,6 +100,12 @@ class OnnxRuntimeBackend:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
         self.providers = providers_for(device, ort.get_available_providers())
+        missing = _missing_external_data(path)
+        if missing:
+            raise BackendError(
+                f"{path} keeps its weights in external data file(s) that are not there: {', '.join(missing[:3])}",
+                hint="copy the data file(s) saved with the .onnx into the same folder, or re-export the model",
+            )
         try:
             self.session = ort.InferenceSession(str(path), options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own pybind exception types for bad files
