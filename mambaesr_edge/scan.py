@@ -30,7 +30,8 @@ Implementations (`impl=`):
   a static graph with no Loop/Scan op. Only non-positive numbers are ever exponentiated (exp(delta*A) with delta >= 0, A <= 0) and
   only products of decays in (0, 1] are formed, so nothing can overflow for any valid input and any L. Functional:
   no in-place ops. Math in fp32 even for fp16/bf16 inputs.
-- ``"triton"``: a fused Triton kernel (scan_triton.py): state in registers, one pass over L, forward and backward.
+- ``"triton"``: fused Triton kernels (scan_triton.py): state in registers, one pass over L (blocks of steps
+  scanned in parallel), forward and backward; without autograd the whole scan (bias, softplus, D, gate) is one kernel.
   CUDA only (or the CPU under TRITON_INTERPRET=1, for tests). The default on CUDA.
 - ``"mamba_ssm"``: the CUDA kernel from the optional `mamba-ssm` package.
 - ``"auto"``: ``triton`` for CUDA tensors when Triton is installed, else ``mamba_ssm`` when that is, else ``chunked``.
@@ -256,10 +257,14 @@ def _within_chunk_scan(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def _scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.Tensor:
-    """Fused recurrence in Triton; delta bias/softplus, D and the gate as PyTorch elementwise ops around it."""
-    from .scan_triton import triton_scan_core
+    """Fused recurrence in Triton. Without autograd (inference) delta bias/softplus, D and the gate run inside the
+    kernel too; for training they are PyTorch elementwise ops around it, so autograd covers them."""
+    from .scan_triton import triton_scan_core, triton_scan_inference
 
     out_dtype = u.dtype
+    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        return triton_scan_inference(u, delta, A, B, C, D, z, delta_bias, delta_softplus).to(out_dtype)
     u = u.float()  # keeps the memory layout: (batch, L, dim) in the model, so channel loads are contiguous
     delta = _prepare_delta(delta.float(), delta_bias, delta_softplus)  # (batch, dim, L)
     y = triton_scan_core(u, delta, A, B, C)  # (batch, dim, L)

@@ -8,8 +8,9 @@ BLOCK_L. It reads u, delta, B, C once and writes y once (plus h for every step w
 Backward: the adjoint recurrence walks t = L-1..0 with g = dL/dh_t in registers:
     g += dy_t C_t ;  grads of u_t, delta_t, B_t, A from g and h_{t-1} ;  g *= exp(delta_t A)
 Inputs may have any strides: the model's tensors are (batch, L, dim) in memory, so the per-step loads of a channel
-block are contiguous. Math in fp32. delta bias / softplus, D and the z gate stay in PyTorch around the kernel
-(cheap elementwise ops on (batch, dim, L)); see scan.py. Run with TRITON_INTERPRET=1 to execute on the CPU (tests).
+block are contiguous. Math in fp32. Without autograd (inference) the forward kernel also applies the delta bias and
+softplus on load and + D u, * silu(z) on store, so the whole selective scan is one kernel; for training those stay
+PyTorch ops around the kernel (autograd covers them); see scan.py. Run with TRITON_INTERPRET=1 to execute on the CPU (tests).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ def _combine(a_left, h_left, a_right, h_right):
 
 @triton.jit
 def _scan_fwd_kernel(
-    u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, y_ptr, h_ptr,
+    u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, y_ptr, h_ptr, bias_ptr, d_ptr, z_ptr,
     length, n_blocks, dim, n_state,
     su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sa_d, sa_n, sb_b, sb_n, sb_l, sc_b, sc_n, sc_l,
-    sy_b, sy_d, sy_l, sh_b, sh_l, sh_d,
+    sy_b, sy_d, sy_l, sh_b, sh_l, sh_d, sz_b, sz_d, sz_l,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STORE_H: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
@@ -46,16 +48,26 @@ def _scan_fwd_kernel(
         mask_ld = (t < length)[:, None] & mask_d[None, :]  # (BL, BD)
         mask_ln = (t < length)[:, None] & mask_n[None, :]  # (BL, BN)
         # past the end delta = u = 0: the step is the identity (decay 1, input 0), so the last row is h_{L-1}
-        u_blk = tl.load(u_ptr + pid_b * su_b + t[:, None] * su_l + offs_d[None, :] * su_d, mask=mask_ld, other=0.0)  # (BL, BD)
-        dt_blk = tl.load(dt_ptr + pid_b * sdt_b + t[:, None] * sdt_l + offs_d[None, :] * sdt_d, mask=mask_ld, other=0.0)  # (BL, BD)
-        b_blk = tl.load(b_ptr + pid_b * sb_b + t[:, None] * sb_l + offs_n[None, :] * sb_n, mask=mask_ln, other=0.0)  # (BL, BN)
-        c_blk = tl.load(c_ptr + pid_b * sc_b + t[:, None] * sc_l + offs_n[None, :] * sc_n, mask=mask_ln, other=0.0)  # (BL, BN)
+        u_blk = tl.load(u_ptr + pid_b * su_b + t[:, None] * su_l + offs_d[None, :] * su_d, mask=mask_ld, other=0.0).to(tl.float32)  # (BL, BD)
+        dt_blk = tl.load(dt_ptr + pid_b * sdt_b + t[:, None] * sdt_l + offs_d[None, :] * sdt_d, mask=mask_ld, other=0.0).to(tl.float32)  # (BL, BD)
+        if HAS_BIAS:  # the inference prologue: delta = softplus(delta + bias), as scan._prepare_delta
+            dt_blk += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)[None, :]  # (BL, BD)
+        if SOFTPLUS:  # max(x, 0) + log1p(exp(-|x|)), as scan.stable_softplus
+            dt_blk = tl.maximum(dt_blk, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(dt_blk)))  # (BL, BD)
+        dt_blk = tl.where(mask_ld, dt_blk, 0.0)  # (BL, BD)
+        b_blk = tl.load(b_ptr + pid_b * sb_b + t[:, None] * sb_l + offs_n[None, :] * sb_n, mask=mask_ln, other=0.0).to(tl.float32)  # (BL, BN)
+        c_blk = tl.load(c_ptr + pid_b * sc_b + t[:, None] * sc_l + offs_n[None, :] * sc_n, mask=mask_ln, other=0.0).to(tl.float32)  # (BL, BN)
         decay = tl.exp(dt_blk[:, :, None] * a[None, :, :])  # exp(delta_t A), (BL, BD, BN)
         drive = (dt_blk * u_blk)[:, :, None] * b_blk[:, None, :]  # delta_t u_t B_t, (BL, BD, BN)
         # within the block, in parallel: decay_cum_t = prod_{s<=t} decay_s, h_local_t = h_t for a zero start state
         decay_cum, h_local = tl.associative_scan((decay, drive), 0, _combine)  # (BL, BD, BN) each
         h_blk = decay_cum * h[None, :, :] + h_local  # h_t, (BL, BD, BN)
         y_blk = tl.sum(h_blk * c_blk[:, None, :], axis=2)  # (BL, BD)
+        if HAS_D:  # the inference epilogue: y = (y + D u) * silu(z), as scan._finish
+            y_blk += tl.load(d_ptr + offs_d, mask=mask_d, other=0.0)[None, :] * u_blk  # (BL, BD)
+        if HAS_Z:
+            z_blk = tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_l + offs_d[None, :] * sz_d, mask=mask_ld, other=0.0).to(tl.float32)  # (BL, BD)
+            y_blk *= z_blk * tl.sigmoid(z_blk)  # (BL, BD)
         tl.store(y_ptr + pid_b * sy_b + t[:, None] * sy_l + offs_d[None, :] * sy_d, y_blk, mask=mask_ld)
         if STORE_H:
             h_offs = t[:, None, None] * sh_l + offs_d[None, :, None] * sh_d + offs_n[None, None, :]  # (BL, BD, BN)
@@ -133,18 +145,27 @@ def forward_launch_shape(batch: int, dim: int, length: int, device: torch.device
     return block_l, block_d, 4
 
 
-def scan_forward(u, delta, A, B, C, *, store_h: bool, launch: tuple[int, int, int] | None = None):
-    """y (B, D, L) and, with store_h, every state h (B, L, D, N) for the backward; fp32 inputs of any strides."""
+def scan_forward(u, delta, A, B, C, *, store_h: bool, launch: tuple[int, int, int] | None = None,
+                 delta_bias=None, delta_softplus: bool = False, D=None, z=None):
+    """y (B, D, L) and, with store_h, every state h (B, L, D, N) for the backward; fp32 inputs of any strides.
+
+    delta_bias/delta_softplus/D/z, when given, are applied inside the kernel (inference: no gradient flows
+    through them here); without them y is the bare recurrence output C . h.
+    """
     batch, dim, length = u.shape
     n_state = A.shape[1]
     block_l, block_d, warps = launch or forward_launch_shape(batch, dim, length, u.device)
     y = torch.empty(batch, length, dim, device=u.device, dtype=torch.float32).transpose(1, 2)  # (B, D, L) view
     h = torch.empty(batch, length, dim, n_state, device=u.device, dtype=torch.float32) if store_h else y
+    z_strides = _strides3(z) if z is not None else (0, 0, 0)
     _scan_fwd_kernel[(batch, triton.cdiv(dim, block_d))](
-        u, delta, A, B, C, y, h, length, triton.cdiv(length, block_l), dim, n_state,
+        u, delta, A, B, C, y, h,
+        delta_bias if delta_bias is not None else A, D if D is not None else A, z if z is not None else u,
+        length, triton.cdiv(length, block_l), dim, n_state,
         *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1), *_strides3(B), *_strides3(C), *_strides3(y),
-        h.stride(0), h.stride(1), h.stride(2) if store_h else 0,
-        BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(n_state), STORE_H=store_h, num_warps=warps,
+        h.stride(0), h.stride(1), h.stride(2) if store_h else 0, *z_strides,
+        BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(n_state), STORE_H=store_h,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_D=D is not None, HAS_Z=z is not None, num_warps=warps,
     )
     return y, (h if store_h else None)
 
@@ -189,6 +210,18 @@ class _TritonScan(torch.autograd.Function):
             db.sum(1).transpose(1, 2),  # (B, N, L)
             dc.sum(1).transpose(1, 2),  # (B, N, L)
         )
+
+
+def triton_scan_inference(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool) -> torch.Tensor:
+    """The whole selective scan in one kernel, no gradient: softplus(delta + bias), the recurrence, + D u, * silu(z).
+
+    u, delta, B, C, z in any float dtype and strides (read as they are, math in fp32); returns fp32 (B, D, L).
+    """
+    def f32(t):
+        return None if t is None else t.float()
+
+    return scan_forward(u, delta, A.float(), B, C, store_h=False, delta_bias=f32(delta_bias),
+                        delta_softplus=delta_softplus, D=f32(D), z=z)[0]
 
 
 def triton_scan_core(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:

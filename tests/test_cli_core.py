@@ -48,11 +48,13 @@ def test_eval_reproduces_dvmsr_on_set14(dvmsr_weights, benchmark_dir, tmp_path):
 
 
 @pytest.mark.data
-def test_shipped_default_model_beats_bicubic_on_set5(benchmark_dir, tmp_path):
-    """The README states 30.29 dB for the shipped student; bicubic is 28.43."""
+def test_shipped_default_model_meets_the_bar_on_set5(benchmark_dir, tmp_path):
+    """The README states 31.07 dB for the shipped default (the training issue's bar is 30.6; bicubic is 28.43)."""
     out = tmp_path / "default.json"
     assert main(["eval", "-d", str(benchmark_dir / "Set5"), "--scan", "reference", "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["datasets"]["Set5"]["psnr"] == pytest.approx(30.29, abs=0.01)
+    result = json.loads(out.read_text())
+    assert result["datasets"]["Set5"]["psnr"] == pytest.approx(31.074, abs=0.01)
+    assert result["params"] == 151_368
 
 
 def test_demo_runs_on_the_shipped_model(tmp_path, capsys):

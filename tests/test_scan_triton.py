@@ -40,6 +40,9 @@ def _check(device: str, lengths, dim: int, dtype=torch.float32, tol=1e-5, grad_t
             out = selective_scan(**leaves, impl="triton")
             assert out.dtype == dtype and torch.isfinite(out).all()
             assert rel_error(out.cpu(), truth) <= tol, (length, options)
+            with torch.no_grad():  # inference: bias, softplus, D and the gate run inside the kernel
+                fused = selective_scan(**leaves, impl="triton")
+            assert fused.dtype == dtype and rel_error(fused.cpu(), truth) <= tol, (length, options, "no grad")
             weight = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)
             (out * weight.to(device, dtype)).sum().backward()
             ref_leaves = {k: v.detach().clone().requires_grad_(True) if k in names else v for k, v in inputs.items()}
