@@ -3,8 +3,9 @@
 `run_bench` does, with a power sampler running throughout: warm-up inferences, an idle window (power at rest, the
 baseline), then N timed inferences, each device-synchronised (`backend.synchronize()`), timed on time.monotonic(),
 the clock the samplers stamp their samples with. Ctrl-C during the measurement returns what was measured, marked
-partial; a sampler that dies mid-run leaves a gap that the report marks. `bench_report` turns a result into the report
-(JSON, CSV, PNG, table). `register(app)` adds the `mambaesr-edge bench` command.
+partial (the command writes that report, then exits 130); a sampler that dies mid-run leaves a gap that the report
+marks. `bench_report` turns a result into the report (JSON, CSV, PNG, table). `register(app)` adds the
+`mambaesr-edge bench` command.
 """
 
 import json
@@ -164,7 +165,7 @@ def run_bench(
                 time.sleep(min(2 * sampler.interval_s, 1.0))
         except KeyboardInterrupt:
             partial_reason = f"interrupted after {len(latencies)} of {samples} timed inferences"
-            log.warning("benchmark %s", partial_reason)
+            log.info("benchmark %s", partial_reason)  # the caller reports it (result.partial)
     finally:
         power_samples = sampler.stop()
     describe = sampler.describe()
@@ -380,9 +381,11 @@ def register(app: Any) -> None:
             table.add_row(metric, value)
         console.print(table)
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
-        if result.partial:
-            console.print(f"[bold yellow]partial:[/] {result.partial_reason}")
-            raise typer.Exit(130)
+        if result.partial:  # Ctrl-C during the measurement: what was measured is kept, marked partial
+            from .errors import Interrupted
+
+            raise Interrupted(f"{result.completed} of {samples} timed inferences done; a complete report marked partial "
+                              f"was written to {paths['json']}")
 
 
 def _load_average() -> list[float] | None:

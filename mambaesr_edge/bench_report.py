@@ -1,13 +1,15 @@
 """Benchmark report: `summarize` (latency percentiles, throughput, idle/inference/dynamic power, energy per inference,
 GPU clock/load), and its outputs: JSON, CSVs of raw power samples and latencies, a PNG, and the summary table's rows.
 
-Every file is written atomically (`fileio.atomic_write`). The PNG shows total power over time with the warm-up, idle
-and inference windows shaded and sampling gaps hatched (as in the seed paper's Figure 3b), above latency over time;
-when power is unavailable it shows latency over time only and says so in its title.
+Every file is written atomically (`fileio.atomic_write`), the set of four all or nothing. The PNG shows total power
+over time with the warm-up, idle and inference windows shaded and sampling gaps hatched (as in the seed paper's
+Figure 3b), above latency over time; when power is unavailable it shows latency over time only and says so in its
+title.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -20,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from .bench import BenchError, BenchResult, tiles_per_frame
-from .fileio import atomic_write
+from .errors import DiskFullError
+from .fileio import atomic_write, space_problem
 from .power import window_power
 
 log = logging.getLogger(__name__)
@@ -145,7 +148,7 @@ def _fmt(value: float | None) -> str:
 
 def _write_power_csv(result: BenchResult, path: Path) -> None:
     rails = sorted({name for s in result.power_samples for name in s.rails})
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as handle:
+    with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["t_s", "window", "total_mw", "gpu_clock_mhz", "gpu_util_pct", *(f"{r}_mw" for r in rails)])
         for s in result.power_samples:
@@ -154,7 +157,7 @@ def _write_power_csv(result: BenchResult, path: Path) -> None:
 
 
 def _write_latency_csv(result: BenchResult, path: Path) -> None:
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as handle:
+    with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["index", "start_s", "latency_ms"])
         for i, (t, lat) in enumerate(zip(result.starts, result.latencies_s)):
@@ -206,23 +209,34 @@ def _plot(result: BenchResult, report: dict[str, Any], path: Path) -> None:
         unique = dict(zip(labels, handles))
         ax.legend(unique.values(), unique.keys(), loc="upper left", fontsize=8, ncols=2)
         ax.grid(alpha=0.3)
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    fig.savefig(path, format="png", dpi=110)
 
 
 def write_reports(result: BenchResult, out_dir: Path, name: str = "bench", meta: dict[str, Any] | None = None
                   ) -> dict[str, Path]:
-    """Write NAME.json, NAME_power.csv, NAME_latency.csv and NAME.png into `out_dir`; return {kind: path}."""
+    """Write NAME.json, NAME_power.csv, NAME_latency.csv and NAME.png into `out_dir`; return {kind: path}.
+
+    All or nothing: the four files are written to temporary files first and renamed into place only when all four
+    are complete, so a failure (a full disk: `DiskFullError`) or Ctrl-C leaves the previous report set as it was.
+    """
     check_output_dir(out_dir)
     report = build_report(result, meta)
     paths = {"json": out_dir / f"{name}.json", "power_csv": out_dir / f"{name}_power.csv",
              "latency_csv": out_dir / f"{name}_latency.csv", "png": out_dir / f"{name}.png"}
     report["files"] = {kind: os.path.basename(p) for kind, p in paths.items()}
-    with atomic_write(paths["json"]) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    _write_power_csv(result, paths["power_csv"])
-    _write_latency_csv(result, paths["latency_csv"])
-    _plot(result, report, paths["png"])
+    try:
+        with contextlib.ExitStack() as stack:  # on leaving it, every temp file is renamed onto its target
+            tmp = {kind: stack.enter_context(atomic_write(path)) for kind, path in paths.items()}
+            tmp["json"].write_text(json.dumps(report, indent=2) + "\n")
+            _write_power_csv(result, tmp["power_csv"])
+            _write_latency_csv(result, tmp["latency_csv"])
+            _plot(result, report, tmp["png"])
+    except OSError as exc:
+        no_room = space_problem(exc)
+        if no_room is None:
+            raise
+        raise DiskFullError(f"{no_room[0]} while writing the bench report in {out_dir}; the previous report files "
+                            f"there are intact", hint=f"{no_room[1]} or pass --out on another disk, then run again") from exc
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return paths
 

@@ -6,8 +6,10 @@ User errors (MambaESRError, and OSError: the file system refusing a path) print 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import MambaESRError
+from .errors import Interrupted, MambaESRError
 from .scan import SCAN_IMPLS
 
 app = typer.Typer(
@@ -294,7 +296,7 @@ def train_command(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder exactly."),
 ) -> None:
     """Train a network (plain, or distilled from --teacher); same code under torchrun for several GPUs."""
-    from .train import TrainConfig, load_train_config, train
+    from .train import TrainConfig, default_run_name, interrupted_note, load_train_config, train
 
     if resume is not None:
         cfg = load_train_config(resume, iterations=iterations, max_minutes=max_minutes)
@@ -307,7 +309,15 @@ def train_command(
             scan_impl=_check_scan(scan), compile=compile_model, max_minutes=max_minutes, out_dir=str(out_dir),
             run_name=run_name, init_weights=str(init_weights) if init_weights else None,
         )
-    run_dir = train(cfg, resume=resume)
+        if cfg.run_name is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # (under torchrun rank 0 names it)
+            cfg = dataclasses.replace(cfg, run_name=default_run_name(cfg))  # fixed now, to name it if interrupted
+    run_dir = resume if resume is not None else (Path(cfg.out_dir) / cfg.run_name if cfg.run_name else None)
+    try:
+        run_dir = train(cfg, resume=resume)
+    except KeyboardInterrupt:
+        if run_dir is None:
+            raise
+        raise Interrupted(interrupted_note(run_dir)) from None
     console.print(f"run folder: {run_dir}")
     eval_file = run_dir / "eval.json"
     if eval_file.is_file():
@@ -351,13 +361,25 @@ _register_data(app)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app; turn user errors into one line + hint and exit code 2."""
+    """Entry point: run the app; turn user errors into one line + hint and exit code 2, Ctrl-C into exit code 130.
+
+    Ctrl-C: commands that know what they kept raise `Interrupted` ("interrupted: 7 of 20 images written ...");
+    anywhere else typer turns the KeyboardInterrupt into exit code 130 (older typer/click: Abort) and we say
+    "interrupted". Either way every file written is complete (atomic writes) and no traceback is shown.
+    """
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
         result = app(args=args, prog_name="mambaesr-edge", standalone_mode=False)
+        if result == INTERRUPTED_EXIT_CODE:  # typer's answer to a KeyboardInterrupt (no command exits 130 itself)
+            err_console.print("interrupted", highlight=False)
         if isinstance(result, int):  # a command's typer.Exit(code) comes back as the return value here
             return result
+    except Interrupted as exc:
+        if debug:
+            raise
+        err_console.print(f"interrupted: {exc.message}", highlight=False, soft_wrap=True)
+        return INTERRUPTED_EXIT_CODE
     except MambaESRError as exc:
         if debug:
             raise
@@ -381,9 +403,12 @@ def main(argv: list[str] | None = None) -> int:
             err_console.print(f"error: {exc}", highlight=False)
         return 2
     except (*_ABORT_ERRORS, KeyboardInterrupt):
-        err_console.print("interrupted")
-        return 130
+        err_console.print("interrupted", highlight=False)
+        return INTERRUPTED_EXIT_CODE
     return 0
+
+
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 
 
 # Recent typer ships its own copy of click, older typer uses click itself: accept the exceptions of both.

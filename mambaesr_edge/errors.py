@@ -1,6 +1,6 @@
 """Named exceptions. Each carries a message naming the problem and a hint naming the fix.
 
-The CLI turns any `MambaESRError` into one line on stderr plus the hint, and exit code 2.
+The CLI turns any `MambaESRError` into one line on stderr plus the hint, and exit code 2 (`Interrupted`: exit 130).
 """
 
 from __future__ import annotations
@@ -40,3 +40,15 @@ class ImageError(MambaESRError):
 
 class DependencyMissingError(MambaESRError):
     """An optional dependency (an extra) is needed for the requested feature but is not installed."""
+
+
+class DiskFullError(MambaESRError):
+    """A write ran out of room (no space left, quota used up, file-size limit); the file's previous version is intact."""
+
+
+class Interrupted(MambaESRError):
+    """Ctrl-C stopped a command after it cleaned up; the message says what was kept and how to go on.
+
+    Raised in place of a KeyboardInterrupt by the code behind CLI commands (the library itself lets KeyboardInterrupt
+    through, after removing its temporary files). The CLI prints "interrupted: MESSAGE" and exits with code 130.
+    """

@@ -4,10 +4,16 @@
 tools that pick a format from the name still work). When the block finishes, the temporary
 file is flushed to disk and renamed onto the target in one step (``os.replace``); when the
 block raises, the temporary file is deleted and the target is left exactly as it was.
+
+Temporary names are ``.NAME.tmp-PID-RANDOM.EXT``: hidden, recognisable (``TEMP_MARKER``), created with O_EXCL and
+holding the writer's process id, so concurrent writers (threads or processes) never share one. Only a process killed
+outright (SIGKILL, power loss) leaves one behind; readers of this package ignore hidden files, and such a file may
+be deleted whenever no run is writing to that folder.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -16,15 +22,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "sha256_file"]
+__all__ = ["TEMP_MARKER", "atomic_write", "is_temp_file", "sha256_file", "space_problem"]
 
 logger = logging.getLogger(__name__)
+
+TEMP_MARKER = ".tmp-"
+
+# errno -> (what ran out, the fix), for writes that failed for lack of room
+_NO_ROOM = {
+    errno.ENOSPC: ("no space left on the disk", "free disk space"),
+    errno.EFBIG: ("the file-size limit was reached", "raise the file-size limit (ulimit -f)"),
+}
+if hasattr(errno, "EDQUOT"):  # not on Windows
+    _NO_ROOM[errno.EDQUOT] = ("the disk quota is used up", "free space within your quota")
 
 
 def _create_temp(target: Path) -> Path:
     """Create an empty, uniquely named file next to ``target`` (mode 0o666 minus umask)."""
     for _ in range(100):
-        candidate = target.with_name(f".{target.stem}.tmp-{secrets.token_hex(4)}{target.suffix}")
+        candidate = target.with_name(f".{target.stem}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}{target.suffix}")
         try:
             fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
@@ -80,6 +96,18 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
             logger.warning("could not remove temporary file %s", tmp)
         raise
     _fsync_dir(target.parent)
+
+
+def is_temp_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is named like a temporary file of an atomic write (``.NAME.tmp-...``)."""
+    name = Path(path).name
+    return name.startswith(".") and TEMP_MARKER in name
+
+
+def space_problem(exc: BaseException | None) -> tuple[str, str] | None:
+    """(what ran out, the fix) when a write failed for lack of room (ENOSPC, EDQUOT, EFBIG), e.g.
+    ("no space left on the disk", "free disk space"); None for any other error."""
+    return _NO_ROOM.get(exc.errno) if isinstance(exc, OSError) else None
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

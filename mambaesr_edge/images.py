@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
-from .fileio import atomic_write
+from .errors import DiskFullError, ImageError
+from .fileio import atomic_write, space_problem
 
 __all__ = ["ImageInfo", "load_image", "load_image_with_alpha", "load_image_any", "save_image"]
 
@@ -196,7 +196,8 @@ def save_image(path: PathLike, array: np.ndarray) -> None:
     """Write a uint8 or uint16 image atomically; the format follows the file suffix.
 
     uint16 arrays are written as 16-bit PNG (grayscale also as TIFF). On failure raises
-    ``ImageError``; an existing file at ``path`` is left untouched and no temp file remains.
+    ``ImageError`` (``DiskFullError`` when the disk is full); an existing file at ``path`` is left untouched and no
+    temp file remains.
     """
     target = Path(path)
     fmt = Image.registered_extensions().get(target.suffix.lower())
@@ -205,6 +206,7 @@ def save_image(path: PathLike, array: np.ndarray) -> None:
     arr = _check_array(np.asarray(array), target)
     if arr.dtype == np.uint16 and fmt != "PNG" and not (fmt == "TIFF" and arr.ndim == 2):
         raise ImageError(f"16-bit images can only be saved as PNG (grayscale also TIFF): {target}", hint="use a .png suffix")
+    existed = target.exists()
     try:
         with atomic_write(target) as tmp:
             if arr.dtype == np.uint16 and arr.ndim == 3:
@@ -212,6 +214,13 @@ def save_image(path: PathLike, array: np.ndarray) -> None:
             else:
                 Image.fromarray(arr).save(tmp, format=fmt)
     except Exception as e:
+        no_room = space_problem(e)
+        if no_room is not None:
+            raise DiskFullError(
+                f"{no_room[0]} while writing image {target}; "
+                + ("its previous version is intact" if existed else "no partial file was left"),
+                hint=f"{no_room[1]} or write to another disk (-o), then run again",
+            ) from e
         raise ImageError(
             f"cannot write image {target}: {e}",
             hint="check that the folder exists and is writable and that the format fits (JPEG has no alpha)",

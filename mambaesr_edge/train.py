@@ -5,7 +5,8 @@
 Adam, cosine (or multistep) learning rate as a pure function of the step, bf16 autocast on CUDA, EMA weights,
 periodic validation PSNR, atomic checkpoints (safetensors with the model config + optimizer state) with exact
 resume: batches are a pure function of (seed, step, rank) and the learning rate of the step, so a resumed run
-continues exactly. Multi-GPU: `torchrun --nproc_per_node N -m mambaesr_edge.cli train ...` runs the same code with
+continues exactly, also after Ctrl-C or a kill (the last complete checkpoint is always intact; see
+`_save_checkpoint`). Multi-GPU: `torchrun --nproc_per_node N -m mambaesr_edge.cli train ...` runs the same code with
 DDP (NCCL on CUDA, gloo on CPU); the batch size is global and split over the ranks.
 """
 
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import errno
 import io
 import json
 import logging
 import math
 import os
+import pickle
 import secrets
 import subprocess
 import time
@@ -34,7 +35,7 @@ from .checkpoint import load_model
 from .data import load_train_images, sample_patches
 from .errors import ConfigError, MambaESRError
 from .evaluate import evaluate_dataset
-from .fileio import atomic_write
+from .fileio import TEMP_MARKER, atomic_write, space_problem
 from .model import MambaSR, count_parameters
 from .presets import ModelConfig, get_preset
 
@@ -123,12 +124,13 @@ class CheckpointWriteError(MambaESRError):
 
 
 def _write_error(exc: OSError, what: str, run_dir: Path) -> CheckpointWriteError:
-    disk_full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-    problem = "no space left on the disk" if disk_full else f"an OS error ({exc.strerror or exc})"
+    no_room = space_problem(exc)
+    problem = no_room[0] if no_room else f"an OS error ({exc.strerror or exc})"
+    kept = "the previous checkpoint there is intact" if (run_dir / "checkpoints" / "last_state.pt").is_file() else "nothing partial was left"
     return CheckpointWriteError(
-        f"{problem} while writing {what} in {run_dir}; the previous checkpoint there is intact",
-        hint=("free disk space (or use --out on a larger disk), then continue with: mambaesr-edge train --resume "
-              f"{run_dir}") if disk_full else f"check that {run_dir} is writable, then continue with --resume {run_dir}",
+        f"{problem} while writing {what} in {run_dir}; {kept}",
+        hint=(f"{no_room[1]} (or use --out on a larger disk), then continue with: mambaesr-edge train --resume "
+              f"{run_dir}") if no_room else f"check that {run_dir} is writable, then continue with --resume {run_dir}",
     )
 
 
@@ -151,17 +153,21 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def _save_checkpoint(run_dir: Path, model: MambaSR, ema: MambaSR, optimizer, step: int, cfg: TrainConfig) -> None:
-    """Write the set (weights, EMA weights, optimizer state) to temporary files, then rename all three.
+    """Write the set (weights, EMA weights, full state) to temporary files, then rename all three.
 
     Nothing is renamed until every file is complete on disk, so a full disk leaves the previous set untouched.
+    `last_state.pt` alone is the checkpoint a resume reads (step, weights, EMA weights, optimizer), renamed last in
+    one step; the two .safetensors beside it are its weights for use elsewhere (eval, export). A kill between the
+    renames can leave those one checkpoint ahead of the state, never the state half-written.
     """
     ckpt = run_dir / "checkpoints"
     meta = {"mambaesr_edge.step": str(step)}
     names = ("last.safetensors", "last_ema.safetensors", "last_state.pt")  # renamed in this order: the state last
-    token = secrets.token_hex(4)
-    tmps = [ckpt / f".{Path(n).stem}.tmp-{token}{Path(n).suffix}" for n in names]
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmps = [ckpt / f".{Path(n).stem}{TEMP_MARKER}{token}{Path(n).suffix}" for n in names]
     state = io.BytesIO()
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "train_config": dataclasses.asdict(cfg)}, state)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "train_config": dataclasses.asdict(cfg),
+                "model": _cpu_state(model), "ema": _cpu_state(ema)}, state)
     try:
         ckpt.mkdir(parents=True, exist_ok=True)
         for tmp, data in zip(tmps, (_weights_bytes(model, meta), _weights_bytes(ema, meta), state.getvalue())):
@@ -175,17 +181,34 @@ def _save_checkpoint(run_dir: Path, model: MambaSR, ema: MambaSR, optimizer, ste
             tmp.unlink(missing_ok=True)
 
 
+def _cpu_state(model: MambaSR) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def _load_checkpoint(run_dir: Path, model: MambaSR, ema: MambaSR, optimizer) -> int:
     ckpt = run_dir / "checkpoints"
     state = torch.load(ckpt / "last_state.pt", map_location="cpu", weights_only=True)
-    for target, name in ((model, "last.safetensors"), (ema, "last_ema.safetensors")):
-        loaded, _ = load_model(ckpt / name, scan_impl="reference")
-        target.load_state_dict(loaded.state_dict())
+    if "model" in state:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+    else:  # run folders from before the state held the weights
+        for target, name in ((model, "last.safetensors"), (ema, "last_ema.safetensors")):
+            loaded, _ = load_model(ckpt / name, scan_impl="reference")
+            target.load_state_dict(loaded.state_dict())
     optimizer.load_state_dict(state["optimizer"])
     step = int(state["step"])
+    for leftover in [*run_dir.glob(f".*{TEMP_MARKER}*"), *ckpt.glob(f".*{TEMP_MARKER}*")]:
+        log.info("removing %s, left by a run that was killed while writing it", leftover)  # a run folder has one writer
+        leftover.unlink(missing_ok=True)
     metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():  # drop rows logged after the checkpoint: the resumed run logs those steps again
-        rows = [line for line in metrics.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    if metrics.is_file():  # drop rows after the checkpoint (logged again by the resumed run) and a row cut by a kill
+        rows = []
+        for line in metrics.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    rows.append(line)
+            except (ValueError, KeyError, TypeError):
+                log.warning("dropping an incomplete line of %s: %r", metrics, line[:80])
         with atomic_write(metrics) as tmp:
             tmp.write_text("".join(row + "\n" for row in rows))
     return step
@@ -208,11 +231,37 @@ def _build_model(cfg: TrainConfig, resume: Path | None) -> MambaSR:
     return MambaSR(get_preset(cfg.preset, scale=cfg.scale, **overrides), scan_impl=cfg.scan_impl)
 
 
+def checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the run folder's last complete checkpoint, or None when it has none (or it cannot be read)."""
+    try:
+        return int(torch.load(Path(run_dir) / "checkpoints" / "last_state.pt", map_location="cpu", weights_only=True)["step"])
+    except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError):
+        return None
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    """`cfg.run_name`, else TIMESTAMP_PRESET (+ _kd when distilling): the name `train` gives a new run folder."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return cfg.run_name or f"{stamp}_{cfg.preset}{'_kd' if cfg.teacher else ''}"
+
+
+def interrupted_note(run_dir: Path) -> str:
+    """What a training stopped by Ctrl-C kept in `run_dir`, and how to go on (the CLI's "interrupted: ..." line)."""
+    step = checkpoint_step(run_dir)
+    if step is not None:
+        return f"{run_dir} keeps its checkpoint of step {step}; continue with: mambaesr-edge train --resume {run_dir}"
+    if run_dir.is_dir():
+        return f"no checkpoint was written yet (the first comes at --ckpt-every); delete {run_dir} and start again"
+    return "no run folder was written"
+
+
 def load_train_config(run_dir: Path, **overrides: object) -> TrainConfig:
     """The TrainConfig a run folder was started with (for --resume), with some fields replaced."""
     path = Path(run_dir) / "config.json"
     if not (Path(run_dir) / "checkpoints" / "last_state.pt").is_file():
-        raise ConfigError(f"no complete checkpoint in {run_dir}", hint="pass the run folder that holds checkpoints/last_state.pt")
+        raise ConfigError(f"no complete checkpoint in {run_dir}",
+                          hint="pass the run folder that holds checkpoints/last_state.pt (a run stopped before its first "
+                               "checkpoint cannot resume: delete it and start again)")
     raw = json.loads(path.read_text())["train"]
     for key in ("train_dirs", "milestones"):
         raw[key] = tuple(raw[key])
@@ -250,8 +299,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
         run_dir = Path(resume)
         start_step = _load_checkpoint(run_dir, model, ema, optimizer)
     else:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        name = [cfg.run_name or f"{stamp}_{cfg.preset}{'_kd' if teacher else ''}"]
+        name = [default_run_name(cfg)]
         if world > 1:
             dist.broadcast_object_list(name, src=0)  # rank 0's timestamp: one folder for all ranks
         run_dir = Path(cfg.out_dir) / name[0]

@@ -143,7 +143,8 @@ def test_write_failing_midway_leaves_no_partial_file(tmp_path, weights, capsys, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Image.Image, "save", save_then_fail)
-    fails_cleanly(["upscale", src, "-o", out, "-w", weights, "--tile", 0, "--overwrite"], capsys, "No space left")
+    err = fails_cleanly(["upscale", src, "-o", out, "-w", weights, "--tile", 0, "--overwrite"], capsys, "no space left on the disk")
+    assert "previous version is intact" in err and "free disk space" in err
     assert out.read_bytes() == b"previous result" and not leftovers(tmp_path)
 
 

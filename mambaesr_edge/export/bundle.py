@@ -1,8 +1,10 @@
 """The whole export: ONNX graphs + parity report + cost model + TensorRT engine or build script, as one bundle folder.
 
 Atomic: everything is written into a temporary folder beside the target and renamed onto it only when every step
-(parity included) passed, so a failed export leaves no bundle, not even a partial one; an existing bundle is only
-replaced with `force=True` (renamed away first, removed after the new one is in place).
+(parity included) passed, so a failed or interrupted export leaves no bundle, not even a partial one; an existing
+bundle is only replaced with `force=True` (renamed away first, removed after the new one is in place). A full disk
+raises `DiskFullError`. Only a process killed outright (SIGKILL) can leave the staging folder `.NAME.tmp-*` (or, in
+the instant between the two renames, the old bundle as `.NAME.old-*`) beside the target: delete it, export again.
 Layout and bundle.json: docs/interfaces.md ("Export bundle"); extra keys here: max_tokens, files, cost, tensorrt.
 """
 
@@ -18,7 +20,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import ConfigError, MambaESRError
+from ..errors import ConfigError, DiskFullError, MambaESRError
+from ..fileio import space_problem
 from ..model import MambaSR
 from ..profiles import MIN_TILE, DeviceProfile, list_profiles, load_profile
 from . import tensorrt as trt_support
@@ -89,13 +92,21 @@ def export_bundle(model: MambaSR, weights_sha256: str, out_dir: str | Path, opti
     start = time.perf_counter()
     opts = options.resolved()
     out_dir = Path(out_dir)
+    existed = out_dir.is_dir() and any(out_dir.iterdir())
     staging = _make_staging(out_dir, opts.force)
     try:
         result = _export_into(model, weights_sha256, staging, opts)
         _install(staging, out_dir)
-    except BaseException:
+    except BaseException as exc:  # Ctrl-C included: no staging folder is left behind
         _remove_tree(staging)
-        raise
+        no_room = space_problem(exc.__cause__ if isinstance(exc, DiskFullError) else exc)
+        if no_room is None:
+            raise
+        raise DiskFullError(
+            f"{no_room[0]} while writing the bundle {out_dir}; nothing was written"
+            + (", the previous bundle there is intact" if existed else ""),
+            hint=f"{no_room[1]} or pass --out on another disk, then export again",
+        ) from exc
     return replace(result, bundle_dir=out_dir, seconds=time.perf_counter() - start)
 
 
@@ -124,7 +135,7 @@ def _install(staging: Path, out_dir: Path) -> None:
         os.rename(out_dir, old)
     try:
         os.rename(staging, out_dir)
-    except OSError:
+    except BaseException:  # Ctrl-C between the two renames too: the old bundle goes back
         if old is not None:
             os.rename(old, out_dir)
         raise

@@ -46,8 +46,14 @@ def export_command(
         simplify=simplify, force=force, build_engine=not no_engine,
     )  # fmt: skip
     console.print(f"exporting {weights or 'the default model'} for [bold]{profile.name}[/] ({profile.description})", highlight=False)
+    existed = out_dir.is_dir() and any(out_dir.iterdir())
     try:
         result = export_bundle(model, loaded.sha256, out_dir, options)
+    except KeyboardInterrupt:
+        from ..errors import Interrupted
+
+        kept = "the bundle there is unchanged" if existed else "nothing was left behind"
+        raise Interrupted(f"no bundle written to {out_dir} ({kept}); an export is all or nothing: run it again") from None
     except ParityError as exc:
         if exc.report is not None:
             err_console.print(_parity_table(exc.report))

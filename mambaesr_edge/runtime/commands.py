@@ -8,6 +8,9 @@ INPUT is an image, a folder, or a video (.mp4/.avi/.mov/.mkv/.m4v/.webm, needs t
   relative path below OUTPUT as ``NAME[_SUFFIX].EXT``. Existing outputs are *skipped* (so an interrupted run resumes)
   unless ``--overwrite``; a file that fails is reported and skipped, the others complete, and then ``ImageError``
   ("N of M images failed") makes the exit code 2. OUTPUT may not be INPUT itself unless ``--suffix`` makes the names differ.
+  A full disk stops the run at once (``DiskFullError``); Ctrl-C stops it with ``Interrupted`` (exit 130): in both
+  cases the outputs written are complete and a rerun does the rest. Several processes may write into one OUTPUT
+  folder at once (temporary names are unique per process; the last complete write of a name wins).
 * Video: frames stream through ``Upscaler.stream``; written at the input's frame rate.
 * EXT ``auto`` keeps the input's format (16-bit PNGs stay 16-bit; grayscale stays grayscale; alpha is kept).
 * Every write is atomic (temp file + rename): no partial output, ever. OUTPUT == INPUT is an error.
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from rich.markup import escape
 
-from ..errors import ImageError, MambaESRError
+from ..errors import DiskFullError, ImageError, Interrupted, MambaESRError
 from ..images import load_image_any, save_image
 from .errors import RuntimeConfigError
 from .upscaler import Upscaler
@@ -156,21 +159,30 @@ def _run_folder(req: UpscaleRequest, up: Upscaler, console) -> UpscaleSummary:
         raise ImageError(f"no images found in {req.input}", hint=f"supported: {', '.join(IMAGE_SUFFIXES)}")
     written, skipped, failed = 0, 0, []
     start = time.perf_counter()
+    rerun = "run the same command again to do the rest (complete outputs are skipped)"
     with _progress(console) as progress:
         task = progress.add_task("upscaling", total=len(sources))
-        for source in sources:
-            target = out_root / source.relative_to(req.input).parent / output_name(source, req.ext, req.suffix)
-            if target.exists() and not req.overwrite:
-                skipped += 1
-            else:
-                try:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    upscale_file(up, source, target)
-                    written += 1
-                except MambaESRError as exc:
-                    failed.append((source, str(exc)))
-                    progress.console.print(f"[red]failed[/] {escape(str(source))}: {escape(str(exc))}", highlight=False)
-            progress.advance(task)
+        try:
+            for source in sources:
+                target = out_root / source.relative_to(req.input).parent / output_name(source, req.ext, req.suffix)
+                if target.exists() and not req.overwrite:
+                    skipped += 1
+                else:
+                    try:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        upscale_file(up, source, target)
+                        written += 1
+                    except DiskFullError as exc:  # every further image would fail the same way: stop here
+                        raise DiskFullError(
+                            f"{exc.message}; {written} images written before it are complete",
+                            hint=f"{exc.hint}; then {rerun}",
+                        ) from exc
+                    except MambaESRError as exc:
+                        failed.append((source, str(exc)))
+                        progress.console.print(f"[red]failed[/] {escape(str(source))}: {escape(str(exc))}", highlight=False)
+                progress.advance(task)
+        except KeyboardInterrupt:
+            raise Interrupted(f"{written} images written to {out_root}, all complete; {rerun}") from None
     seconds = time.perf_counter() - start
     console.print(f"{written} written, {skipped} skipped (exist; --overwrite replaces), {len(failed)} failed, in {seconds:.1f} s")
     if failed:

@@ -9,8 +9,14 @@ checks every 50 ms, then joins the threads.
 With ``target_fps`` a ``LatencyController`` watches the inference latency and may lower the overlap, change the
 batch, and finally turn on frame dropping: the source thread then never blocks (a full input queue loses its oldest
 frame) and before each inference the infer thread takes the newest waiting frame, dropping the older ones. Frames
-are never reordered; ``dropped`` lists the indices lost (appended from two threads; read it after the stream ends). ``pace=True`` releases source frames at ``target_fps``
-(a video file played as if it were a live camera). Decisions and dropped frame indices are on the stream object.
+are never reordered; ``dropped`` lists the indices lost (appended from two threads; read it after the stream ends).
+``pace=True`` releases source frames at ``target_fps`` (a video file played as if it were a live camera). Decisions
+and dropped frame indices are on the stream object.
+
+Long runs: the state kept between frames is bounded. Queues hold at most ``queue_size`` items each; a decision taken
+per frame (an fp16 re-run, an out-of-memory shrink) is kept once, with its count in ``decision_counts``; the only
+record that grows with the stream is ``dropped``, one int per dropped frame. benchmarks/stream_soak.py measures RSS
+over 10,000 frames.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ class FrameStream(Iterator):
         indexed: bool = False,
     ) -> None:
         self.decisions: list[Decision] = []
+        self.decision_counts: dict[tuple[str, str, str], int] = {}  # (stage, action, reason) of per-frame decisions
         self.dropped: list[int] = []
         self._stop = threading.Event()
         self._controller = (
@@ -192,7 +199,9 @@ class FrameStream(Iterator):
             if self._controller is not None:
                 settings = self._controller.settings
             start = time.perf_counter()
-            result, used = infer(item.payload, settings, item.index, self.decisions)
+            frame_decisions: list[Decision] = []
+            result, used = infer(item.payload, settings, item.index, frame_decisions)
+            self._keep(frame_decisions)
             if self._controller is not None:
                 if used != settings:
                     self._controller.replace_settings(used)
@@ -202,6 +211,15 @@ class FrameStream(Iterator):
             if deferred is not None:
                 self._put(dst, deferred)
                 return
+
+    def _keep(self, decisions: list[Decision]) -> None:
+        """Add a frame's decisions to ``self.decisions``, each distinct one once (an fp16 model that overflows on
+        every frame would otherwise add one per frame, forever); ``decision_counts`` counts every occurrence."""
+        for decision in decisions:
+            key = (decision.stage, decision.action, decision.reason)
+            self.decision_counts[key] = self.decision_counts.get(key, 0) + 1
+            if self.decision_counts[key] == 1:
+                self.decisions.append(decision)
 
     # ---------------------------------------------------------------- consumer side
     def _consume(self) -> Iterator:
