@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import MambaESRError
-from .scan import SCAN_IMPLS
+from .presets import SCAN_IMPLS  # not from .scan: that imports torch, which `upscale` on the CPU never needs
 
 app = typer.Typer(
     add_completion=False,

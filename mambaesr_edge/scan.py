@@ -53,8 +53,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, DependencyMissingError
+from .presets import SCAN_IMPLS
 
-SCAN_IMPLS = ("auto", "reference", "chunked", "triton", "mamba_ssm")
 CHUNK = 16  # tokens per chunk of the exportable scan; see benchmarks/scan_cpu.py for the measured trade-off
 CPU_BLOCK = 2048  # tokens per block of the in-place CPU inference path; see benchmarks/cpu_upscale.py
 
