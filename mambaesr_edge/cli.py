@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -378,8 +379,12 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """Process entry point (console script, ``python -m mambaesr_edge``): ``main()``, then exit with its code.
 
-    Objects are frozen first: the interpreter's collections at exit would walk every object torch created (about
-    0.2 s of a 1 s ``upscale``, benchmarks/cpu_upscale.py) only to free memory the OS takes back anyway."""
+    OMP_WAIT_POLICY defaults to PASSIVE (set before any command imports torch, whose OpenMP runtime reads it once):
+    with the default spinning policy, torch's idle OpenMP threads spin for cores that other processes need; on 2
+    shared cores that made a 1 s upscale take 14-18 s (benchmarks/cpu_upscale.py, torch vs torch[PASSIVE]).
+    Objects are frozen before exiting: the interpreter's collections at exit would walk every object torch created
+    (about 0.2 s) only to free memory the OS takes back anyway."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     code = main()
     gc.freeze()
     sys.exit(code)
