@@ -157,6 +157,7 @@ def find_image(given: str | None) -> Path:
 
 def checkout_base(commit: str, into: Path) -> Path:
     """The package as it was at `commit` (git archive of mambaesr_edge/ into a temp dir); returns the dir."""
+    into.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "mambaesr_edge"], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into

@@ -191,7 +191,9 @@ def upscale_command(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model: weights, .onnx, .engine or an export bundle folder."),
     preset: Optional[str] = PresetOpt,
     scan: str = ScanOpt,
-    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="torch, onnxruntime or tensorrt (default: from the model path)."),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", "-b", help="torch, numpy, onnxruntime or tensorrt (default: from the model path; numpy for our weights on the CPU)."
+    ),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device profile (e.g. orin-nano, x86-cpu): backend, tile, precision."),
     cuda: bool = typer.Option(False, "--cuda", help="Run on the CUDA GPU (torch / onnxruntime)."),
     tile: Optional[int] = typer.Option(None, "--tile", "-t", help="LR tile size; 0 = whole image at once. Default: profile/bundle, else from free memory."),
