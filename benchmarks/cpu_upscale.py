@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         report["ratios_process_wall"] = ratios
         if not args.quick:
             breakdown = []
-            cases = [("default", REPO, "", "auto", False, {}), ("torch", REPO, "torch", "auto", True, {}),
+            # each as its CLI runs it: this tree's CLI sets OMP_WAIT_POLICY=PASSIVE (cli.run), the base's did not
+            cases = [("default", REPO, "", "auto", False, {}), ("torch", REPO, "torch", "auto", True, {"OMP_WAIT_POLICY": "PASSIVE"}),
                      ("base-chunked", work / "base", "", "chunked", True, {})]
             for r in range(max(1, min(3, args.rounds))):
                 for name, tree, backend, scan, torch_first, env in cases:
