@@ -26,7 +26,9 @@ __all__ = ["NumpyMambaSR", "read_numpy_weights", "selective_scan_tokens", "suppo
 
 CONFIG_KEY = "mambaesr_edge.config"  # as checkpoint.CONFIG_KEY (that module imports torch)
 CHUNK = 16  # tokens per chunk, as scan.CHUNK
-BLOCK = 2048  # tokens per block, as scan.CPU_BLOCK
+BLOCK = 256  # tokens per block: a block's two (T, chunks, N, D) buffers stay in L2 (1 MiB each for the default
+# model's D*N = 1024); on 2 cores the baby forward took 0.49-0.52 s with blocks of 64-256 tokens, 0.58 s with 512,
+# 0.65 s with 2048 (torch: 0.47-0.49 s in the same runs)
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
 
 
@@ -127,7 +129,8 @@ class NumpyMambaSR:
     """`MambaSR.forward` for raster-order configs: (N, 3, h, w) float32 in [0, 1] -> (N, 3, s*h, s*w), unclamped."""
 
     def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], *, threads: int = 1) -> None:
-        """``threads`` > 1: the scan's channels are split over that many threads (numpy releases the GIL)."""
+        """``threads`` > 1: the scan's channels are split over that many threads (numpy releases the GIL). With
+        L2-sized blocks one thread was as fast or faster on 2 cores (benchmarks/cpu_upscale.py --levers numpy)."""
         if not supports(config):
             raise ArchitectureMismatchError(
                 f"the numpy forward covers the raster scan order only, this model uses {config.scan_orders}",

@@ -27,7 +27,7 @@ def _torch_forward(model: MambaSR, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)).numpy()
 
 
-@pytest.mark.parametrize("length", [1, 5, 16, 17, 2047, 2049, 5000])  # around the chunk and block sizes
+@pytest.mark.parametrize("length", [1, 5, 16, 17, 255, 256, 257, 2049, 5000])  # around the chunk and block sizes
 def test_scan_matches_the_sequential_reference(length):
     g = torch.Generator().manual_seed(length)
     dim, n_state = 6, 4
@@ -55,7 +55,7 @@ def test_saved_weights_match_torch_across_blocks_and_threads(tmp_path, residual)
     torch.manual_seed(1)
     model = MambaSR(get_preset("test", block_residual=residual), scan_impl="chunked").eval()
     path = save_weights(model, tmp_path / "w.safetensors")
-    x = np.random.default_rng(1).random((2, 3, 45, 50), dtype=np.float32)  # 2,250 tokens: two scan blocks
+    x = np.random.default_rng(1).random((2, 3, 45, 50), dtype=np.float32)  # 2,250 tokens: nine scan blocks, the last partial
     expected = _torch_forward(model, x)
     arrays, config = read_numpy_weights(path)
     for threads in (1, 2):

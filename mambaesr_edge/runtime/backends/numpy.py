@@ -9,7 +9,6 @@ whole upscale of a 128x128 image (benchmarks/cpu_upscale.py). Holds no per-call 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +40,6 @@ def numpy_config(weights: str | Path | None, preset: str | None) -> ModelConfig 
     return config if config is not None and supports(config) else None
 
 
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
-
-
 class NumpyBackend:
     name = "numpy"
     input_hw = None
@@ -65,14 +57,14 @@ class NumpyBackend:
     def from_weights(cls, weights: str | Path | None = None, *, threads: int | None = None) -> NumpyBackend:
         """Load .safetensors weights that carry their config (None: the shipped default).
 
-        ``threads``: threads the scan's channels are split over (None: the cores this process may use, at most 2,
-        the most measured: benchmarks/cpu_upscale.py --levers numpy)."""
+        ``threads``: threads the scan's channels are split over (None: 1, as fast or faster on 2 cores and never
+        hurt by other processes' load: benchmarks/cpu_upscale.py --levers numpy)."""
         path = Path(weights) if weights is not None else default_weights_path()
         arrays, config = read_numpy_weights(path)
         if config is None:
             raise WeightsError(f"{path.name} carries no model config", hint="use --backend torch (with --preset)")
         log.info("numpy backend: %s", path.name)
-        return cls(NumpyMambaSR(config, arrays, threads=threads or min(2, _usable_cores())), weights_sha256=sha256_file(path))
+        return cls(NumpyMambaSR(config, arrays, threads=threads or 1), weights_sha256=sha256_file(path))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.model(np.ascontiguousarray(batch, dtype=np.float32))
