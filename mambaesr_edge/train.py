@@ -233,6 +233,8 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
         start_step = 0
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ConfigError(f"run folder {run_dir} already holds a run", hint=f"continue it with --resume {run_dir}, or pick another --name")
+    if world > 1:
+        dist.barrier()  # every rank has looked at the run folder before rank 0 fills it (else a late rank sees "a run")
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "config.json", {

@@ -8,7 +8,7 @@
     None                         -> torch with the shipped default weights (checkpoint.load_model(None))
 
 On the CPU in fp32, weights that carry their raster-order config (the shipped default, our .safetensors) run on
-the numpy backend instead of torch unless something asks for torch (``backend`` or a ``scan_impl`` other than
+the numpy backend instead of torch unless something asks for torch (``backend``, ``preset``, a ``scan_impl`` other than
 "auto"): same outputs (max abs difference < 1e-4), and no torch import (see backends/numpy.py).
 """
 
