@@ -1,7 +1,5 @@
 """`python -m mambaesr_edge ...` is the same as the `mambaesr-edge` command."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

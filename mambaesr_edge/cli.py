@@ -7,6 +7,7 @@ User errors (MambaESRError, and OSError: the file system refusing a path) print 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import Interrupted, MambaESRError
-from .scan import SCAN_IMPLS
+from .presets import SCAN_IMPLS  # not from .scan: that imports torch, which `upscale` on the CPU never needs
 
 app = typer.Typer(
     add_completion=False,
@@ -195,7 +196,9 @@ def upscale_command(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model: weights, .onnx, .engine or an export bundle folder."),
     preset: Optional[str] = PresetOpt,
     scan: str = ScanOpt,
-    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="torch, onnxruntime or tensorrt (default: from the model path)."),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", "-b", help="torch, numpy, onnxruntime or tensorrt (default: from the model path; numpy for our weights on the CPU)."
+    ),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device profile (e.g. orin-nano, x86-cpu): backend, tile, precision."),
     cuda: bool = typer.Option(False, "--cuda", help="Run on the CUDA GPU (torch / onnxruntime)."),
     tile: Optional[int] = typer.Option(None, "--tile", "-t", help="LR tile size; 0 = whole image at once. Default: profile/bundle, else from free memory."),
@@ -411,6 +414,20 @@ def main(argv: list[str] | None = None) -> int:
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 
 
+def run() -> None:
+    """Process entry point (console script, ``python -m mambaesr_edge``): ``main()``, then exit with its code.
+
+    OMP_WAIT_POLICY defaults to PASSIVE (set before any command imports torch, whose OpenMP runtime reads it once):
+    with the default spinning policy, torch's idle OpenMP threads spin for cores that other processes need; on 2
+    shared cores that made a 1 s upscale take 14-18 s (benchmarks/cpu_upscale.py, torch vs torch[PASSIVE]).
+    Objects are frozen before exiting: the interpreter's collections at exit would walk every object torch created
+    (about 0.2 s) only to free memory the OS takes back anyway."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 # Recent typer ships its own copy of click, older typer uses click itself: accept the exceptions of both.
 _EXIT_ERRORS = tuple({click.exceptions.Exit, typer.Exit})
 _USAGE_ERRORS = tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
@@ -418,4 +435,4 @@ _ABORT_ERRORS = tuple({click.exceptions.Abort, typer.Abort})
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -192,6 +192,13 @@ def _check_array(arr: np.ndarray, target: Path) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _format_for(suffix: str) -> str | None:
+    """Pillow's format name for a file suffix; the common ones (PNG, JPEG, BMP, GIF, PPM) without loading every
+    plugin (``registered_extensions`` imports them all: ~0.05 s of a 1 s ``upscale``)."""
+    Image.preinit()
+    return Image.EXTENSION.get(suffix) or Image.registered_extensions().get(suffix)
+
+
 def save_image(path: PathLike, array: np.ndarray) -> None:
     """Write a uint8 or uint16 image atomically; the format follows the file suffix.
 
@@ -200,7 +207,7 @@ def save_image(path: PathLike, array: np.ndarray) -> None:
     temp file remains.
     """
     target = Path(path)
-    fmt = Image.registered_extensions().get(target.suffix.lower())
+    fmt = _format_for(target.suffix.lower())
     if fmt is None:
         raise ImageError(f"unknown image format for {target}", hint="use a suffix such as .png, .jpg, .bmp or .tif")
     arr = _check_array(np.asarray(array), target)

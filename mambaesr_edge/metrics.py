@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.ndimage import correlate1d
 
 from .errors import ImageError
 
@@ -95,6 +94,8 @@ def _gaussian_window_1d(size: int = 11, sigma: float = 1.5) -> np.ndarray:
 
 def _filter_valid(img: np.ndarray, window: np.ndarray) -> np.ndarray:
     """Separable 2-D filtering of an HxW float64 image, keeping only the 'valid' region."""
+    from scipy.ndimage import correlate1d  # here, not at import: the upscale path (runtime.frames) imports this module
+
     half = window.size // 2
     out = correlate1d(img, window, axis=0, mode="constant")
     out = correlate1d(out, window, axis=1, mode="constant")

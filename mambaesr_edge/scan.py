@@ -28,8 +28,11 @@ Implementations (`impl=`):
   then the same scan runs over the chunks' end states, then one fix-up. No Python loop over L: the loops run over
   the CHUNK positions of a chunk and over the recursion depth log_CHUNK(L), both fixed once L is, so tracing gives
   a static graph with no Loop/Scan op. Only non-positive numbers are ever exponentiated (exp(delta*A) with delta >= 0, A <= 0) and
-  only products of decays in (0, 1] are formed, so nothing can overflow for any valid input and any L. Functional:
-  no in-place ops. Math in fp32 even for fp16/bf16 inputs.
+  only products of decays in (0, 1] are formed, so nothing can overflow for any valid input and any L. Math in fp32
+  even for fp16/bf16 inputs. What is traced, compiled or differentiated is functional (no in-place ops). CPU inference
+  (no autograd, not tracing) runs the same maths in place, one block of `CPU_BLOCK` tokens after the other with the
+  state carried between blocks, so a block's decays and states stay in cache (`_chunked_blocks_in_place`; about 4x
+  faster than the functional form on 2 cores, benchmarks/cpu_upscale.py).
 - ``"triton"``: fused Triton kernels (scan_triton.py): state in registers, one pass over L (blocks of steps
   scanned in parallel), forward and backward; without autograd the whole scan (bias, softplus, D, gate) is one kernel.
   CUDA only (or the CPU under TRITON_INTERPRET=1, for tests). The default on CUDA.
@@ -51,9 +54,10 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, DependencyMissingError
+from .presets import SCAN_IMPLS
 
-SCAN_IMPLS = ("auto", "reference", "chunked", "triton", "mamba_ssm")
 CHUNK = 16  # tokens per chunk of the exportable scan; see benchmarks/scan_cpu.py for the measured trade-off
+CPU_BLOCK = 2048  # tokens per block of the in-place CPU inference path; see benchmarks/cpu_upscale.py
 
 
 def selective_scan(
@@ -177,11 +181,73 @@ def _scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.
     dtype = _compute_dtype(u.dtype)
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
     delta = _prepare_delta(delta, delta_bias, delta_softplus)  # (batch, dim, L)
+    if _cpu_inference(u):
+        y = _chunked_blocks_in_place(u, delta, A, B, C)  # (batch, dim, L)
+        return _finish(y, u, D, z, out_dtype)
     decay = torch.exp(delta.unsqueeze(-1) * A.unsqueeze(1))  # (batch, dim, L, N)   exp of a number <= 0
     drive = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # (batch, dim, L, N)
     h = linear_recurrence(decay, drive)  # (batch, dim, L, N)
     y = torch.einsum("bdln,bnl->bdl", h, C)  # (batch, dim, L)
     return _finish(y, u, D, z, out_dtype)
+
+
+def _cpu_inference(x: torch.Tensor) -> bool:
+    """True when the scan may work in place: a CPU tensor, no autograd, and nothing tracing, exporting or compiling."""
+    return (
+        x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _chunked_blocks_in_place(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk: int = CHUNK, block: int = CPU_BLOCK
+) -> torch.Tensor:
+    """y = C . h for the recurrence of `_scan_chunked`, in place, for inference (nothing may need the intermediates).
+
+    The same maths as the functional form: the tokens go through in blocks of `block` (a multiple of `chunk`), one
+    after the other, the state carried from block to block. Inside a block, every chunk is scanned from a zero
+    state (in place, `chunk` steps), `linear_recurrence` runs over the chunks' end states (the carried state
+    folded into the first), then the fix-up h = h_local + a_cum * h_in. Layout (batch, T, chunks, dim, N), so every
+    step is one contiguous slice; a block's two (T, chunks, dim, N) buffers (4 MiB for dim 64, N 16, block 2048)
+    stay in cache and are reused by every block (no large allocations, no page faults).
+    u, delta (batch, dim, L) in the compute dtype, delta already through bias/softplus; A (dim, N); B, C (batch, N, L).
+    """
+    batch, dim, length = u.shape
+    n_state = A.shape[-1]
+    block = min(block, -(-length // chunk) * chunk)  # never longer than L rounded up to whole chunks
+    pad = (-length) % block  # identity steps at the end (delta 0: decay 1, drive 0) change no earlier output
+    n_blocks, n_chunks = (length + pad) // block, block // chunk
+
+    def by_step(x: torch.Tensor) -> torch.Tensor:  # (batch, K, L) -> (batch, blocks, T, chunks, K), contiguous
+        x = F.pad(x, (0, pad)).reshape(batch, x.shape[1], n_blocks, n_chunks, chunk)
+        return x.permute(0, 2, 4, 3, 1).contiguous()
+
+    step_delta, step_drive, step_b, step_c = by_step(delta), by_step(delta * u), by_step(B), by_step(C)
+    decay = u.new_empty(batch, chunk, n_chunks, dim, n_state)  # a_t, then the decay since the chunk start
+    state = torch.empty_like(decay)  # drive b_t, then the state from a zero chunk start, then the state h_t
+    levels = levels_for(n_chunks, chunk)
+    carry = None  # (batch, dim, N) state at the end of the previous block
+    ys = []
+    for k in range(n_blocks):
+        torch.mul(step_delta[:, k].unsqueeze(-1), A, out=decay).exp_()  # exp of numbers <= 0
+        torch.mul(step_drive[:, k].unsqueeze(-1), step_b[:, k].unsqueeze(-2), out=state)
+        for t in range(1, chunk):
+            state[:, t].addcmul_(decay[:, t], state[:, t - 1])  # h_t = a_t * h_{t-1} + b_t
+            decay[:, t].mul_(decay[:, t - 1])  # decay since the chunk start
+        a_end = decay[:, -1].transpose(1, 2)  # (batch, dim, chunks, N)
+        h_end = state[:, -1].transpose(1, 2).clone()  # (batch, dim, chunks, N) chunk-end states from zero
+        if carry is not None:
+            h_end[:, :, 0].addcmul_(a_end[:, :, 0], carry)  # the first chunk starts from the carried state
+        h_end = linear_recurrence(a_end, h_end, chunk, levels)  # (batch, dim, chunks, N) true chunk-end states
+        first = carry.unsqueeze(2) if carry is not None else h_end.new_zeros(batch, dim, 1, n_state)
+        h_in = torch.cat([first, h_end[:, :, :-1]], dim=2)  # (batch, dim, chunks, N) state entering each chunk
+        carry = h_end[:, :, -1]
+        state.addcmul_(decay, h_in.transpose(1, 2).unsqueeze(1))  # h = h_local + a_cum * h_in
+        ys.append(torch.matmul(state, step_c[:, k].unsqueeze(-1)).squeeze(-1))  # (batch, T, chunks, dim)
+    y = torch.stack(ys, dim=1)  # (batch, blocks, T, chunks, dim)
+    return y.permute(0, 4, 1, 3, 2).reshape(batch, dim, -1)[..., :length]  # (batch, dim, L)
 
 
 def levels_for(max_tokens: int, chunk: int = CHUNK) -> int:

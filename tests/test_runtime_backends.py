@@ -101,7 +101,7 @@ def test_backend_names_follow_the_path(tmp_path, bundle):
 
 
 def test_torch_backend_from_weights(weights, model):
-    backend = open_backend(weights)
+    backend = open_backend(weights, "torch")  # without a backend, the CPU default for these weights is numpy
     assert isinstance(backend, Backend) and backend.name == "torch" and backend.scale == 4
     x = np.random.default_rng(0).random((2, 3, 8, 9), dtype=np.float32)
     with torch.inference_mode():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mambaesr_edge.errors import ConfigError, DependencyMissingError
-from mambaesr_edge.scan import CHUNK, linear_recurrence, selective_scan
+from mambaesr_edge.scan import CHUNK, CPU_BLOCK, _chunked_blocks_in_place, linear_recurrence, selective_scan
 
 
 def _log_uniform(shape, low, high, generator):
@@ -63,6 +63,45 @@ def test_chunked_matches_reference_fp32(length, options):
     assert rel_error(out, ref32) <= 1e-5
 
 
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("options", [(), ("D", "z", "bias", "softplus")], ids=["plain", "all"])
+def test_chunked_in_place_inference_matches_reference(length, options):
+    """Without autograd on the CPU the chunked scan works in place, block by block: same results."""
+    inputs = make_inputs(2, 6, length, 5, seed=length * 5 + len(options), options=options)
+    truth = selective_scan(**inputs, impl="reference")
+    with torch.inference_mode():
+        out = selective_scan(**_cast(inputs, torch.float32), impl="chunked")
+    with torch.no_grad():
+        out_no_grad = selective_scan(**_cast(inputs, torch.float32), impl="chunked")
+    functional = selective_scan(**_cast(inputs, torch.float32), impl="chunked")
+    assert out.dtype == torch.float32 and out.shape == (2, 6, length) and torch.isfinite(out).all()
+    assert rel_error(out, truth) <= 1e-5
+    assert torch.equal(out, out_no_grad)
+    assert rel_error(out, functional) <= 1e-5
+
+
+@pytest.mark.parametrize("chunk,block", [(16, 16), (16, 48), (4, 8), (8, 256), (16, CPU_BLOCK)])
+@pytest.mark.parametrize("length", [1, 7, 16, 47, 48, 49, 1000])
+def test_blocks_in_place_at_block_boundaries(chunk, block, length):
+    """Every block size and chunk against the sequential definition, lengths around the block boundaries."""
+    inputs = make_inputs(1, 3, length, 4, seed=length + block, options=("bias", "softplus"), delta_range=(1e-3, 5.0))
+    truth = selective_scan(**inputs, impl="reference")  # no D, z: y = C . h
+    delta = torch.nn.functional.softplus(inputs["delta"] + inputs["delta_bias"][:, None])
+    with torch.inference_mode():
+        out = _chunked_blocks_in_place(inputs["u"], delta, inputs["A"], inputs["B"], inputs["C"], chunk=chunk, block=block)
+    assert out.shape == (1, 3, length)
+    assert rel_error(out, truth) <= 1e-10  # fp64 throughout
+
+
+def test_in_place_leaves_inputs_alone():
+    inputs = _cast(make_inputs(1, 4, 300, 8, seed=2, options=("D", "z", "bias", "softplus")), torch.float32)
+    copies = {k: v.clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    with torch.inference_mode():
+        selective_scan(**inputs, impl="chunked")
+    for name, original in copies.items():
+        assert torch.equal(inputs[name], original), name
+
+
 @pytest.mark.parametrize(
     "delta_range,a_range",
     [((20.0, 20.0), (100.0, 100.0)), ((1e-4, 1e-4), (1e-3, 1e-3)), ((1e-4, 20.0), (1e-3, 100.0)), ((5.0, 20.0), (50.0, 100.0))],
@@ -75,7 +114,12 @@ def test_extreme_delta_and_A_never_overflow(delta_range, a_range):
     assert naive_exponent > 88.7 or delta_range[0] < 1  # exp(88.7) overflows fp32: the naive form would break
     out = selective_scan(**_cast(inputs, torch.float32), impl="chunked")
     assert torch.isfinite(out).all()
-    assert rel_error(out, selective_scan(**inputs, impl="reference")) <= 1e-5
+    truth = selective_scan(**inputs, impl="reference")
+    assert rel_error(out, truth) <= 1e-5
+    with torch.inference_mode():
+        in_place = selective_scan(**_cast(inputs, torch.float32), impl="chunked")
+    assert torch.isfinite(in_place).all()
+    assert rel_error(in_place, truth) <= 1e-5
 
 
 @pytest.mark.parametrize("length", [1, 33, 300])

@@ -6,6 +6,10 @@
     bundle folder (bundle.json)  -> tensorrt when model.engine exists, tensorrt imports and the manifest matches this
                                     GPU/TensorRT/weights; else onnxruntime on model.onnx (or model_fp16.onnx for fp16)
     None                         -> torch with the shipped default weights (checkpoint.load_model(None))
+
+On the CPU in fp32, weights that carry their raster-order config (the shipped default, our .safetensors) run on
+the numpy backend instead of torch unless something asks for torch (``backend``, ``preset``, a ``scan_impl`` other than
+"auto"): same outputs (max abs difference < 1e-4), and no torch import (see backends/numpy.py).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ __all__ = ["BACKENDS", "open_backend", "resolve_backend_name"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "numpy", "onnxruntime", "tensorrt")
 _ALIASES = {
     "pytorch": "torch",
     "ort": "onnxruntime",
@@ -85,7 +89,7 @@ def _open_bundle(bundle: Bundle, name: str, *, device: str, precision: str, thre
             if not auto:
                 raise
             log.warning("%s; using ONNX Runtime instead", exc.message)
-    if name == "torch":
+    if name in ("torch", "numpy"):
         raise BackendError(f"bundle {bundle.root} holds no PyTorch weights", hint="use --backend onnxruntime or pass the .safetensors")
     from .onnxruntime import OnnxRuntimeBackend
 
@@ -122,6 +126,13 @@ def open_backend(
         raise BackendError(f"model not found: {model}", hint="check the path given to --model/--weights")
     if model is not None and is_bundle(model):
         return _open_bundle(read_bundle(model), name, device=device, precision=precision, threads=threads, auto=backend is None)
+    if name == "torch" and backend is None and device == "cpu" and precision == "fp32" and scan_impl == "auto" and param_key is None:
+        from .numpy import numpy_config
+
+        if numpy_config(model, preset) is not None:
+            name = "numpy"
+    if name == "numpy":
+        return _open_numpy(model, preset=preset, device=device, precision=precision, threads=threads)
     if name == "torch":
         if model is not None and Path(model).suffix.lower() not in _TORCH_SUFFIXES:
             raise BackendError(f"the torch backend needs weights (.safetensors/.pth), got {model}", hint="drop --backend torch")
@@ -142,3 +153,15 @@ def open_backend(
     from .tensorrt import TensorRTBackend
 
     return TensorRTBackend(model)
+
+
+def _open_numpy(model: str | Path | None, *, preset: str | None, device: str, precision: str, threads: int | None):
+    from .numpy import NumpyBackend
+
+    if model is not None and Path(model).suffix.lower() != ".safetensors":
+        raise BackendError(f"the numpy backend needs .safetensors weights, got {model}", hint="use --backend torch")
+    if preset is not None:
+        raise BackendError("the numpy backend runs the config stored with the weights", hint="drop --preset, or use --backend torch")
+    if device != "cpu" or precision != "fp32":
+        raise BackendError(f"the numpy backend runs fp32 on the CPU, not {precision} on {device}", hint="use --backend torch")
+    return NumpyBackend.from_weights(model, threads=threads)

@@ -1,0 +1,96 @@
+"""The numpy forward (the CPU default backend for raster-order weights) against the torch model and the scan."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mambaesr_edge.checkpoint import load_model, save_weights
+from mambaesr_edge.model import MambaSR
+from mambaesr_edge.model_numpy import NumpyMambaSR, read_numpy_weights, selective_scan_tokens, supports
+from mambaesr_edge.presets import get_preset
+from mambaesr_edge.resources import default_weights_path
+from mambaesr_edge.runtime.backends import open_backend
+from mambaesr_edge.runtime.backends.numpy import NumpyBackend, numpy_config
+from mambaesr_edge.scan import selective_scan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _torch_forward(model: MambaSR, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.parametrize("length", [1, 5, 16, 17, 255, 256, 257, 2049, 5000])  # around the chunk and block sizes
+def test_scan_matches_the_sequential_reference(length):
+    g = torch.Generator().manual_seed(length)
+    dim, n_state = 6, 4
+    u = torch.randn(1, dim, length, generator=g, dtype=torch.float64)
+    delta = torch.nn.functional.softplus(torch.randn(1, dim, length, generator=g, dtype=torch.float64) - 1)
+    A = -torch.exp(torch.randn(dim, n_state, generator=g, dtype=torch.float64))
+    B, C = (torch.randn(1, n_state, length, generator=g, dtype=torch.float64) for _ in range(2))
+    truth = selective_scan(u, delta, A, B, C, impl="reference")[0].T.numpy()  # (L, dim)
+    ours = selective_scan_tokens(*(np.ascontiguousarray(t, dtype=np.float32) for t in (u[0].T, delta[0].T, A, B[0].T, C[0].T)))
+    assert ours.shape == (length, dim) and np.isfinite(ours).all()
+    assert np.linalg.norm(ours - truth) <= 1e-5 * np.linalg.norm(truth)
+
+
+def test_default_model_matches_torch():
+    model, _ = load_model(None, scan_impl="chunked")
+    arrays, config = read_numpy_weights(default_weights_path())
+    x = np.random.default_rng(0).random((1, 3, 20, 23), dtype=np.float32)
+    ours = NumpyMambaSR(config, arrays)(x)
+    assert ours.shape == (1, 3, 80, 92)
+    assert np.abs(ours - _torch_forward(model, x)).max() < 1e-4
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_saved_weights_match_torch_across_blocks_and_threads(tmp_path, residual):
+    torch.manual_seed(1)
+    model = MambaSR(get_preset("test", block_residual=residual), scan_impl="chunked").eval()
+    path = save_weights(model, tmp_path / "w.safetensors")
+    x = np.random.default_rng(1).random((2, 3, 45, 50), dtype=np.float32)  # 2,250 tokens: nine scan blocks, the last partial
+    expected = _torch_forward(model, x)
+    arrays, config = read_numpy_weights(path)
+    for threads in (1, 2):
+        ours = NumpyMambaSR(config, arrays, threads=threads)(x)
+        assert np.abs(ours - expected).max() < 1e-4
+
+
+def test_open_backend_picks_numpy_on_the_cpu_unless_torch_is_asked_for(tmp_path):
+    assert open_backend(None).name == "numpy"  # the shipped default
+    model = MambaSR(get_preset("test")).eval()
+    weights = save_weights(model, tmp_path / "w.safetensors")
+    backend = open_backend(weights)
+    assert isinstance(backend, NumpyBackend) and backend.scale == 4 and backend.config == model.config
+    assert open_backend(weights, "torch").name == "torch"
+    assert open_backend(weights, scan_impl="chunked").name == "torch"  # a scan implementation is a torch setting
+    assert open_backend(weights, preset="test").name == "torch"  # torch's loader checks weights against a preset
+    four_way = save_weights(MambaSR(get_preset("test", scan_orders=("raster", "column"))), tmp_path / "four.safetensors")
+    assert not supports(get_preset("test", scan_orders=("raster", "column")))
+    assert numpy_config(four_way, None) is None and open_backend(four_way).name == "torch"
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    assert open_backend(tmp_path / "w.pth", preset="test").name == "torch"
+
+
+def test_upscale_of_the_default_model_never_imports_torch(tmp_path):
+    from PIL import Image
+
+    source = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(source)
+    code = (
+        "import sys\n"
+        "from mambaesr_edge.cli import main\n"
+        f"assert main(['upscale', {str(source)!r}, '-o', {str(tmp_path / 'out.png')!r}]) == 0\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(tmp_path / "out.png").size == (40, 48)
