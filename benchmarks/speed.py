@@ -12,8 +12,10 @@ Measures, in one run, on the device present (CUDA if torch sees one, else CPU):
 2. tile / frame: the whole network per 64x64 LR tile (batch 1 and 16), and per tiled LR frame (tile 64, overlap 8,
    runtime.tiling.plan_tiles): 1920x1080 LR (-> 7680x4320 at x4) for every preset, plus 960x540 LR (-> 3840x2160,
    "4K") for the student. "model" frame rows: all tiles already on the device, batched, network only (no blend, no
-   transfer). "e2e" rows: the runtime itself (TorchBackend + Upscaler.upscale_chw: host tiling, transfers, checks,
-   numpy blending). Per preset (student, dvmsr) and scan impl, optionally under autocast (--amp none fp16 bf16).
+   transfer). "e2e" rows: the runtime itself (TorchBackend + Upscaler: upload, tiling, checks and blending on the
+   device (runtime/device_tiling.py), copy back): "e2e" = Upscaler.upscale_chw (float32 CHW in, the float32 result
+   copied back), "e2e-u8" = Upscaler(uint8 HWC frame), what apps call (converted to uint8 on the device).
+   Per preset (student, dvmsr) and scan impl, optionally under autocast (--amp none fp16 bf16).
 3. train: one training step (forward + backward + Adam, batch 32 of 64x64 LR, bf16 autocast on CUDA) per preset and
    scan impl through benchmarks/train_step.py's `time_step` (imported, not copied), and 10K iterations in minutes.
 4. cnn: a plain CNN (conv3x3 -> N residual blocks conv3x3-ReLU-conv3x3 -> conv3x3 + skip -> conv3x3 + PixelShuffle)
@@ -111,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tile-batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--frame-batch", type=int, default=128, help="tiles per call for frames (halved on out-of-memory)")
     p.add_argument("--frame-max-tiles", type=int, default=0, help="time this many tiles of a frame and extrapolate (0: all)")
-    p.add_argument("--no-e2e-frame", action="store_true", help="skip the runtime (host blend) frame rows")
+    p.add_argument("--no-e2e-frame", action="store_true", help="skip the runtime (Upscaler) frame rows")
     p.add_argument("--train-batch", type=int, default=32)
     p.add_argument("--train-patch", type=int, default=64)
     p.add_argument("--train-steps", type=int, default=5)
@@ -563,18 +565,26 @@ def frame_model(model: nn.Module, impl: str | None, frame_hw: tuple[int, int], a
 
 
 def frame_e2e(model: nn.Module, impl: str | None, frame_hw: tuple[int, int], amp: str, args, device: torch.device,
-              batch: int) -> dict:
-    """The runtime path: TorchBackend + Upscaler.upscale_chw (host tiling, H2D/D2H, output checks, numpy blend)."""
+              batch: int, call: str) -> dict:
+    """The runtime path: TorchBackend + Upscaler (upload, device tiling, output checks, device blend, copy back).
+
+    ``call``: "chw" times ``upscale_chw`` (float32 (3, H, W) in, float32 result copied back); "u8" times
+    ``up(frame)`` on a uint8 HxWx3 frame (host preprocess, clamp/round/uint8 on the device, uint8 copied back).
+    """
     from mambaesr_edge.runtime.backends.torch import TorchBackend
     from mambaesr_edge.runtime.upscaler import Upscaler
 
     precision = "fp16" if amp == "fp16" else "fp32"
     backend = TorchBackend(model, device=str(device), precision=precision, scan_impl=impl)
     up = Upscaler(backend, tile=args.tile, overlap=args.overlap, batch=batch)
-    image = np.random.default_rng(2).random((3, *frame_hw), dtype=np.float32)
-    res = time_fn(lambda i: up.upscale_chw(image), device, target_s=args.target_s, warmup=1, min_reps=1, max_reps=3, events=False)
+    rng = np.random.default_rng(2)
+    if call == "chw":
+        image, method = rng.random((3, *frame_hw), dtype=np.float32), up.upscale_chw  # (3, H, W) float32
+    else:
+        image, method = rng.integers(0, 256, (*frame_hw, 3), dtype=np.uint8), up  # (H, W, 3) uint8
+    res = time_fn(lambda i: method(image), device, target_s=args.target_s, warmup=1, min_reps=1, max_reps=3, events=False)
     return {**res, "lr_hw": list(frame_hw), "batch": batch, "precision": precision, "fps": 1e3 / res["ms"],
-            "settings": str(up.settings)}
+            "settings": str(up.settings), "call": call}
 
 
 # ----------------------------------------------------------------------------------------------------------- 3: train
@@ -766,7 +776,9 @@ def run_all(r: Runner) -> None:
                 label = {"preset": preset, "model": "mamba", "impl": best["impl"], "amp": best["amp"] if best["amp"] != "bf16" else "none",
                          "frame": name, "path": "e2e"}
                 batch = best.get("batch_used", args.frame_batch)
-                r.measure("frame", label, lambda m=model, impl=best["impl"], hw=hw, amp=label["amp"], b=batch: frame_e2e(m, impl, hw, amp, args, device, b))
+                for path, call in (("e2e", "chw"), ("e2e-u8", "u8")):
+                    r.measure("frame", {**label, "path": path},
+                              lambda m=model, impl=best["impl"], hw=hw, amp=label["amp"], b=batch, c=call: frame_e2e(m, impl, hw, amp, args, device, b, c))
                 del model
                 cleanup(device)
         if ts is not None:
@@ -811,7 +823,7 @@ def summarise(r: Runner) -> None:
         e2e = _best(rep["frame"], preset=student, model="mamba", frame=name, path="e2e")
         if e2e:
             goals[f"student_fps_{name}_lr_e2e"] = _goal(e2e["fps"], GOAL_FPS, ">=", student == GOAL_PRESET and cuda, impl=e2e["impl"],
-                                                        amp=e2e["amp"], note="runtime Upscaler: host tiling, transfers, numpy blend")
+                                                        amp=e2e["amp"], note="runtime Upscaler.upscale_chw: device tiling and blend, float32 result to the host")
     first_frame = next(iter(args.frames))
     for section, extra in (("frame", {"frame": first_frame, "path": "model"}), ("tile", {"batch": max(args.tile_batches)}), ("train", {})):
         cands = [x for x in ratios if x["section"] == section and x["preset"] == student and all(x.get(k) == v for k, v in extra.items())]
@@ -887,12 +899,12 @@ def print_table(r: Runner) -> None:
                          f"{_f(x.get('x_cnn'), '{:7.2f}'):>7s} {_status(x)}")
     if rep["frame"]:
         lines += ["", (f"NETWORK PER TILED LR FRAME (tile {r.args.tile}, overlap {r.args.overlap}; model = tiles on device, network only; "
-                       "e2e = runtime Upscaler incl. host blend; * = extrapolated)"),
-                  f"{'preset':8s} {'model':6s} {'impl':10s} {'amp':5s} {'frame':6s} {'path':5s} {'tiles':>5s} {'batch':>5s} {'ms':>10s} {'fps':>8s} {'x CNN':>7s}"]
+                       "e2e = Upscaler.upscale_chw, e2e-u8 = Upscaler on a uint8 frame, transfers included; * = extrapolated)"),
+                  f"{'preset':8s} {'model':6s} {'impl':10s} {'amp':5s} {'frame':6s} {'path':6s} {'tiles':>5s} {'batch':>5s} {'ms':>10s} {'fps':>8s} {'x CNN':>7s}"]
         for x in rep["frame"]:
             star = "*" if x.get("extrapolated") else " "
             lines.append(f"{x.get('preset', '?'):8s} {x.get('model', '?'):6s} {x.get('impl', '?'):10s} {x.get('amp', '-'):5s} {x.get('frame', '?'):6s} "
-                         f"{x.get('path', '?'):5s} {_f(x.get('tiles'), '{:d}'):>5s} {_f(x.get('batch_used', x.get('batch')), '{:d}'):>5s} "
+                         f"{x.get('path', '?'):6s} {_f(x.get('tiles'), '{:d}'):>5s} {_f(x.get('batch_used', x.get('batch')), '{:d}'):>5s} "
                          f"{_f(x.get('ms'), '{:10.1f}'):>10s}{star}{_f(x.get('fps'), '{:7.2f}'):>8s} {_f(x.get('x_cnn'), '{:7.2f}'):>7s} {_status(x)}")
     if rep["train"]:
         lines += ["", "TRAINING STEP (fwd+bwd+Adam; bf16 autocast on CUDA)",

@@ -80,17 +80,48 @@ def _from_unit(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.clip(x, 0.0, 1.0).astype(dtype)
 
 
-def postprocess(sr: np.ndarray, prepared: Prepared, scale: int, channel_order: str = "rgb") -> np.ndarray:
-    """(3, s*H, s*W) float model output -> image of the input's layout and dtype."""
-    if prepared.layout in ("hw", "hw1"):
-        gray = _from_unit(sr.mean(axis=0, dtype=np.float32), prepared.dtype)
-        return gray if prepared.layout == "hw" else gray[..., None]
+def _colour(sr: np.ndarray, layout: str, dtype: np.dtype, channel_order: str) -> np.ndarray:
+    """(3, s*H, s*W) float -> the image without alpha, in the input's layout ("hw", "hw1" or HWC) and dtype."""
+    if layout in ("hw", "hw1"):
+        gray = _from_unit(sr.mean(axis=0, dtype=np.float32), dtype)
+        return gray if layout == "hw" else gray[..., None]
     colour = sr.transpose(1, 2, 0)
     if channel_order == "bgr":
         colour = colour[..., ::-1]
-    out = _from_unit(colour, prepared.dtype)
+    return np.ascontiguousarray(_from_unit(colour, dtype))
+
+
+def _colour_tensor(sr, layout: str, dtype: np.dtype, channel_order: str) -> np.ndarray:
+    """``_colour`` for a (3, s*H, s*W) float32 torch tensor, computed on its device with the same float32 arithmetic;
+    only the final image is copied to the host (uint8: a quarter of the float32 bytes)."""
+    import torch
+
+    if layout in ("hw", "hw1"):
+        unit = (sr[0] + sr[1] + sr[2]) / 3  # (s*H, s*W): numpy's float32 mean over the channels, same order
+        unit = unit if layout == "hw" else unit[..., None]  # (s*H, s*W[, 1])
+    else:
+        unit = sr.permute(1, 2, 0)  # (s*H, s*W, 3)
+        unit = unit.flip(-1) if channel_order == "bgr" else unit
+    unit = unit.clamp(0.0, 1.0)
+    torch_dtype = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16, np.dtype(np.float16): torch.float16,
+                   np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}.get(np.dtype(dtype))
+    if torch_dtype is None:  # a float type torch lacks (e.g. longdouble): finish on the host
+        return np.ascontiguousarray(_from_unit(unit.cpu().numpy(), dtype))
+    if dtype in _PEAK:
+        unit = torch.round(unit * _PEAK[dtype])  # round half to even, as np.rint
+    return unit.to(torch_dtype).contiguous().cpu().numpy()
+
+
+def postprocess(sr, prepared: Prepared, scale: int, channel_order: str = "rgb") -> np.ndarray:
+    """(3, s*H, s*W) float model output -> image of the input's layout and dtype.
+
+    ``sr`` is a numpy array, or a torch tensor on its device (the torch backend's result, ``infer.upscale``): then
+    clamping, rounding, layout and dtype conversion run on that device and one copy of the final image comes back.
+    """
+    to_image = _colour if isinstance(sr, np.ndarray) else _colour_tensor
+    out = to_image(sr, prepared.layout, prepared.dtype, channel_order)
     if prepared.alpha is None:
-        return np.ascontiguousarray(out)
+        return out
     h, w = prepared.alpha.shape
     alpha = imresize(prepared.alpha, output_shape=(h * scale, w * scale))
     return np.ascontiguousarray(np.concatenate([out, _from_unit(alpha.astype(np.float32), prepared.dtype)[..., None]], axis=2))

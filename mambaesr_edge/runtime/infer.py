@@ -1,5 +1,10 @@
 """One image through a backend: tile -> batch -> run -> check -> blend, with out-of-memory retries.
 
+Where: a backend with ``run_tensor`` (the torch backend, CPU or CUDA) gets the image on its device once and
+everything else happens there (``device_tiling.tiled_apply_tensor``): ``upscale`` returns that device tensor, so
+the caller can convert it there too (``frames.postprocess``). Other backends (ONNX Runtime, TensorRT) take numpy
+batches: tiles are cut and blended on the host (``tiling``). Both paths use the same plan, windows and checks.
+
 Functions only; everything a call needs comes in as arguments and everything it learns (the settings it ended up
 with, the decisions it took) goes out as return values / the ``decisions`` list.
 
@@ -29,7 +34,16 @@ from .adapt import (
 from .errors import BackendError, NumericalError
 from .tiling import TilePlan, blend_tiles, make_batches, pad_image, plan_tiles
 
-__all__ = ["check_output", "check_output_fits", "effective_plan", "run_checked", "upscale_chw"]
+__all__ = [
+    "check_output",
+    "check_output_fits",
+    "check_output_tensor",
+    "effective_plan",
+    "on_device",
+    "run_checked",
+    "upscale",
+    "upscale_chw",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +60,55 @@ def check_output(batch_in: np.ndarray, batch_out: np.ndarray, precision: str) ->
     return None
 
 
-def run_checked(backend, fallback, batch: np.ndarray, precision: str, decisions: list[Decision] | None) -> np.ndarray:
-    """``backend.run(batch)`` plus shape and numerical checks (fp16 -> fp32 fallback on NaN/black)."""
-    out = backend.run(batch)
+def check_output_tensor(batch_in, batch_out, precision: str) -> str | None:
+    """``check_output`` for torch tensors, computed on their device (one sync for fp32)."""
+    import torch
+
+    if not bool(torch.isfinite(batch_out).all()):
+        return "nan"
+    if precision == "fp16" and float(batch_out.abs().max()) < BLACK_OUTPUT and float(batch_in.mean()) > BLACK_INPUT:
+        return "black"
+    return None
+
+
+def on_device(backend) -> bool:
+    """Whether ``backend`` runs torch tensors on its own device (``run_tensor``, ``device``): the device-tiled path."""
+    return callable(getattr(backend, "run_tensor", None))
+
+
+def _run(backend, batch):
+    """``backend.run`` for a numpy batch; ``backend.run_tensor`` for a tensor (host round trip for a numpy-only fallback)."""
+    if isinstance(batch, np.ndarray):
+        return backend.run(batch)
+    if on_device(backend):
+        return backend.run_tensor(batch)
+    import torch
+
+    return torch.from_numpy(backend.run(batch.cpu().numpy())).to(batch.device)
+
+
+def run_checked(backend, fallback, batch, precision: str, decisions: list[Decision] | None):
+    """``backend.run(batch)`` plus shape and numerical checks (fp16 -> fp32 fallback on NaN/black).
+
+    ``batch``: float32 (N, 3, h, w) numpy, or a torch tensor on the backend's device (run with ``run_tensor`` and
+    checked there); the output is of the same kind.
+    """
+    check = check_output if isinstance(batch, np.ndarray) else check_output_tensor
+    out = _run(backend, batch)
     n, c, h, w = batch.shape
     s = backend.scale
-    if out.shape != (n, c, h * s, w * s):
+    if tuple(out.shape) != (n, c, h * s, w * s):
         raise BackendError(
-            f"{backend.name} returned shape {out.shape} for input {batch.shape} (expected x{s})",
+            f"{backend.name} returned shape {tuple(out.shape)} for input {tuple(batch.shape)} (expected x{s})",
             hint="the model file does not match its declared scale; re-export it",
         )
-    problem = check_output(batch, out, precision)
+    problem = check(batch, out, precision)
     if problem is None:
         return out
     if precision == "fp16" and fallback is not None:
         record(decisions, Decision("fp16", "re-ran a batch in fp32", f"fp16 output was {problem}"), logging.WARNING)
-        out = fallback.run(batch)
-        if check_output(batch, out, "fp32") is None:
+        out = _run(fallback, batch)
+        if check(batch, out, "fp32") is None:
             return out
     raise NumericalError(
         f"the {backend.name} backend produced {'NaN/Inf' if problem == 'nan' else 'an all-black image'} ({precision})",
@@ -82,9 +128,12 @@ def effective_plan(image_hw: tuple[int, int], settings: TileSettings, fixed_inpu
     return plan_tiles(image_hw, tile, overlap)
 
 
+def _batch_size(backend, settings: TileSettings) -> int:
+    return min(settings.batch, backend.max_batch) if backend.max_batch else settings.batch
+
+
 def _tile_outputs(backend, fallback, padded: np.ndarray, plan: TilePlan, settings: TileSettings, decisions) -> Iterator[tuple[int, np.ndarray]]:
-    batch_size = min(settings.batch, backend.max_batch) if backend.max_batch else settings.batch
-    for batch in make_batches([(0, padded, plan)], batch_size):
+    for batch in make_batches([(0, padded, plan)], _batch_size(backend, settings)):
         out = run_checked(backend, fallback, batch.tiles, settings.precision, decisions)
         for ref, tile_out in zip(batch.refs, out):
             yield ref.index, tile_out
@@ -109,6 +158,51 @@ def check_output_fits(image_hw: tuple[int, int], scale: int, free_bytes: int | N
         )
 
 
+def upscale(
+    backend,
+    image: np.ndarray,
+    settings: TileSettings,
+    *,
+    fallback=None,
+    decisions: list[Decision] | None = None,
+    frame: int | None = None,
+):
+    """Upscale a float32 (3, H, W) RGB image in [0, 1]; returns ((3, s*H, s*W) float32 unclamped, settings used).
+
+    The result is a torch tensor on the backend's device for a ``run_tensor`` backend (tiled and blended there,
+    ``on_device``), else a numpy array (tiled and blended on the host). Out-of-memory errors shrink batch then tile
+    (``adapt.shrink_after_oom``) and retry the whole image.
+    """
+    image_hw = (int(image.shape[1]), int(image.shape[2]))
+    check_output_fits(image_hw, backend.scale, free_memory_bytes("cpu"))
+    if on_device(backend):
+        import torch
+
+        from .device_tiling import tiled_apply_tensor
+
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(backend.device)  # (3, H, W)
+
+        def attempt(plan: TilePlan, settings: TileSettings):
+            def run(tiles):  # (n, 3, th, tw) on the device -> (n, 3, s*th, s*tw) there, checked
+                return run_checked(backend, fallback, tiles, settings.precision, decisions)
+
+            return tiled_apply_tensor(x, run, plan, scale=backend.scale, blend=settings.blend, batch_size=_batch_size(backend, settings))
+    else:
+
+        def attempt(plan: TilePlan, settings: TileSettings):
+            outputs = _tile_outputs(backend, fallback, pad_image(image, plan), plan, settings, decisions)
+            return blend_tiles(plan, outputs, backend.scale, settings.blend, channels=image.shape[0])
+
+    while True:
+        try:
+            return attempt(effective_plan(image_hw, settings, backend.input_hw), settings), settings
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            settings = shrink_after_oom(settings, image_hw, fixed_input_hw=backend.input_hw, exc=exc, decisions=decisions, frame=frame)
+        _release_cached_gpu_memory()  # outside the except block: the failed attempt's tensors are garbage by now
+
+
 def upscale_chw(
     backend,
     image: np.ndarray,
@@ -118,21 +212,6 @@ def upscale_chw(
     decisions: list[Decision] | None = None,
     frame: int | None = None,
 ) -> tuple[np.ndarray, TileSettings]:
-    """Upscale a float32 (3, H, W) RGB image in [0, 1]; returns ((3, s*H, s*W) unclamped, settings used).
-
-    Out-of-memory errors shrink batch then tile (``adapt.shrink_after_oom``) and retry the whole image.
-    """
-    image_hw = (int(image.shape[1]), int(image.shape[2]))
-    check_output_fits(image_hw, backend.scale, free_memory_bytes("cpu"))
-    while True:
-        plan = effective_plan(image_hw, settings, backend.input_hw)
-        try:
-            padded = pad_image(image, plan)
-            outputs = _tile_outputs(backend, fallback, padded, plan, settings, decisions)
-            result = blend_tiles(plan, outputs, backend.scale, settings.blend, channels=image.shape[0])
-            return result, settings
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            _release_cached_gpu_memory()
-            settings = shrink_after_oom(settings, image_hw, fixed_input_hw=backend.input_hw, exc=exc, decisions=decisions, frame=frame)
+    """``upscale`` with the result always a host numpy array ((3, s*H, s*W) float32, unclamped)."""
+    out, used = upscale(backend, image, settings, fallback=fallback, decisions=decisions, frame=frame)
+    return (out if isinstance(out, np.ndarray) else out.cpu().numpy()), used

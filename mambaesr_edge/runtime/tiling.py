@@ -49,6 +49,7 @@ __all__ = [
     "TilePlan",
     "TileRef",
     "axis_origins",
+    "axis_windows",
     "blend_tiles",
     "extract_tile",
     "group_outputs",
@@ -233,8 +234,18 @@ def _axis_seams(
     return before, after
 
 
+def _check_blend(blend: str) -> None:
+    if blend not in BLENDS:
+        raise ConfigError(f"unknown blend {blend!r}", hint=f"use one of {', '.join(BLENDS)}")
+
+
+def _axis_factor(origins: tuple[int, ...], i: int, tile: int, requested: int, scale: int, blend: str) -> np.ndarray:
+    """(s*tile,) float64 window of the i-th tile along one axis."""
+    return _axis_window(tile * scale, *_axis_seams(origins, i, tile, requested, scale, blend))
+
+
 def tile_window(plan: TilePlan, index: int, scale: int, blend: str = "cosine") -> np.ndarray:
-    """(s*th, s*tw) float64 weights of tile ``index``.
+    """(s*th, s*tw) float64 weights of tile ``index``: the outer product of its row and column factors (``axis_windows``).
 
     1 inside; over each overlap with a neighbour the two tiles' weights sum to 1: "cosine" ramps over the whole
     overlap (> 0 everywhere); "cosine-inner" is 0 over the outer quarter of the requested overlap (pixels that see
@@ -242,13 +253,25 @@ def tile_window(plan: TilePlan, index: int, scale: int, blend: str = "cosine") -
     style paste); "uniform" is 1 everywhere (plain averaging). Sides at the image border have no ramp, so pixels that
     only one tile covers always have weight 1.
     """
-    if blend not in BLENDS:
-        raise ConfigError(f"unknown blend {blend!r}", hint=f"use one of {', '.join(BLENDS)}")
+    _check_blend(blend)
     row, col = divmod(index, len(plan.xs))
     (th, tw), s, o = plan.tile_hw, scale, plan.overlap
-    wy = _axis_window(th * s, *_axis_seams(plan.ys, row, th, o, s, blend))
-    wx = _axis_window(tw * s, *_axis_seams(plan.xs, col, tw, o, s, blend))
+    wy = _axis_factor(plan.ys, row, th, o, s, blend)
+    wx = _axis_factor(plan.xs, col, tw, o, s, blend)
     return wy[:, None] * wx[None, :]
+
+
+def axis_windows(plan: TilePlan, scale: int, blend: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
+    """Row and column factors of every tile's window: ((len(ys), s*th), (len(xs), s*tw)) float64.
+
+    ``tile_window(plan, r * len(xs) + c, ...) == wy[r][:, None] * wx[c][None, :]`` (the same arrays, the same product):
+    all windows of a plan in a few KB (runtime/device_tiling.py forms them on the device).
+    """
+    _check_blend(blend)
+    (th, tw), s, o = plan.tile_hw, scale, plan.overlap
+    wy = np.stack([_axis_factor(plan.ys, r, th, o, s, blend) for r in range(len(plan.ys))])
+    wx = np.stack([_axis_factor(plan.xs, c, tw, o, s, blend) for c in range(len(plan.xs))])
+    return wy, wx
 
 
 def blend_tiles(

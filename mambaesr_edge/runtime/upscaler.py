@@ -12,6 +12,11 @@ Thread safety: everything on the object is set in ``__init__`` and never changed
 backends are thread-safe), so one Upscaler can be shared by many threads; each call's adaptations (out-of-memory
 shrinking, fp16 fallback) live in that call, and each stream's in that stream.
 
+Where the work happens: with the torch backend (CPU or CUDA) the image goes to the backend's device once; tiles are
+cut, run, blended and the result clamped and converted to the output dtype there (runtime/device_tiling.py), and
+only the final image is copied back. ONNX Runtime and TensorRT backends take numpy batches: tiled and blended on the
+host (runtime/tiling.py). Same plan, windows and result either way.
+
 FP16: when the backend runs fp16, each batch is checked for NaN/Inf and all-black output and re-run on an fp32 twin
 of the backend (``fallback``; opened automatically by ``from_path``/``from_profile``), logging a warning; without a
 fallback ``NumericalError`` is raised.
@@ -30,7 +35,7 @@ from .adapt import Decision, TileSettings, choose_settings, free_memory_bytes
 from .backends import open_backend
 from .bundle import is_bundle, read_bundle
 from .frames import check_channel_order, postprocess, preprocess
-from .infer import upscale_chw
+from .infer import upscale, upscale_chw
 from .stream import FrameStream
 from .tiling import BLENDS
 
@@ -188,8 +193,8 @@ class Upscaler:
     def __call__(self, image: np.ndarray, *, decisions: list[Decision] | None = None) -> np.ndarray:
         """Upscale one HWC image (see the module docstring); ``decisions`` collects this call's adaptations."""
         prepared = preprocess(image, self.channel_order)
-        out, _ = upscale_chw(self.backend, prepared.rgb, self.settings, fallback=self.fallback, decisions=decisions)
-        return postprocess(out, prepared, self.scale, self.channel_order)
+        out, _ = upscale(self.backend, prepared.rgb, self.settings, fallback=self.fallback, decisions=decisions)
+        return postprocess(out, prepared, self.scale, self.channel_order)  # a device tensor is converted there
 
     upscale = __call__
 
@@ -207,7 +212,7 @@ class Upscaler:
         order = self.channel_order
 
         def infer(prepared, settings: TileSettings, index: int, decisions: list[Decision]):
-            out, used = upscale_chw(self.backend, prepared.rgb, settings, fallback=self.fallback, decisions=decisions, frame=index)
+            out, used = upscale(self.backend, prepared.rgb, settings, fallback=self.fallback, decisions=decisions, frame=index)
             return (out, prepared), used
 
         return FrameStream(

@@ -31,3 +31,8 @@ class Backend(Protocol):
     def synchronize(self) -> None:
         """Wait for outstanding device work (no-op on CPU)."""
         ...
+
+
+# Optional (torch): ``device`` (a torch.device) and ``run_tensor(x)``, float32 (N, 3, h, w) tensor on that device ->
+# float32 (N, 3, s*h, s*w) there. A backend that has it is tiled, blended and converted on its device
+# (runtime.infer.on_device, runtime/device_tiling.py); the others on the host in numpy.

@@ -2,6 +2,8 @@
 
 fp16 uses ``torch.autocast`` (weights stay fp32; LayerNorm and the scan run in fp32, matmuls/convs in fp16).
 A module in eval mode under ``inference_mode`` keeps no state between calls, so one backend serves many threads.
+``run_tensor`` takes and returns tensors on the backend's device: the runtime then cuts tiles, blends and converts
+the image there (runtime/device_tiling.py, ``frames.postprocess``) instead of copying every output tile to the host.
 """
 
 from __future__ import annotations
@@ -70,12 +72,21 @@ class TorchBackend:
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)  # (N, 3, h, w)
+        return self.run_tensor(x).cpu().numpy()
+
+    def run_tensor(self, x):
+        """(N, 3, h, w) float32 on ``self.device`` -> (N, 3, s*h, s*w) float32 there, no host copy.
+
+        Its presence makes the runtime tile and blend on ``self.device`` (``infer.on_device``, ``device_tiling``).
+        """
+        import torch
+
         autocast = (
             torch.autocast("cuda", dtype=torch.float16) if self.precision == "fp16" else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
             y = self.model(x, scan_impl=self.scan_impl)  # (N, 3, s*h, s*w)
-        return y.float().cpu().numpy()
+        return y.float()
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
