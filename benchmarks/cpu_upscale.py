@@ -13,7 +13,8 @@ Paths compared, interleaved (round r starts at variant r mod n) and repeated (--
 * default: this tree as a user runs it (the numpy backend on the CPU, no torch import);
 * torch: this tree with --backend torch (the chunked scan in place, block by block; the CLI's default
   OMP_WAIT_POLICY=PASSIVE);
-* base-chunked: the plain exportable-scan path as it was before (git commit --base, `git archive` into a temp dir,
+* base-chunked: the plain exportable-scan path as it was before (the code of git commit --base with this tree's
+  default weights, `git archive` into a temp dir,
   `--scan chunked`, the functional chunked scan in torch: what the base ran by default on the CPU, with the
   OpenMP default wait policy);
 * base-chunked[PASSIVE], torch[ACTIVE]: the OpenMP wait policy lever both ways (PASSIVE: idle threads sleep;
@@ -156,10 +157,13 @@ def find_image(given: str | None) -> Path:
 
 
 def checkout_base(commit: str, into: Path) -> Path:
-    """The package as it was at `commit` (git archive of mambaesr_edge/ into a temp dir); returns the dir."""
+    """The package's code as it was at `commit` (git archive of mambaesr_edge/ into a temp dir) with this tree's
+    default weights, so both paths run the same network; returns the dir."""
     into.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "mambaesr_edge"], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    weights = Path("mambaesr_edge") / "assets" / "default_x4.safetensors"
+    shutil.copyfile(REPO / weights, into / weights)
     return into
 
 

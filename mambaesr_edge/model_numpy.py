@@ -22,7 +22,7 @@ import numpy as np
 from .errors import ArchitectureMismatchError, WeightsError
 from .presets import ModelConfig
 
-__all__ = ["NumpyMambaSR", "read_numpy_weights", "selective_scan_tokens", "supports"]
+__all__ = ["NumpyMambaSR", "check_weights", "expected_shapes", "read_numpy_weights", "selective_scan_tokens", "supports"]
 
 CONFIG_KEY = "mambaesr_edge.config"  # as checkpoint.CONFIG_KEY (that module imports torch)
 CHUNK = 16  # tokens per chunk, as scan.CHUNK
@@ -30,6 +30,7 @@ BLOCK = 256  # tokens per block: a block's two (T, chunks, N, D) buffers stay in
 # model's D*N = 1024); on 2 cores the baby forward took 0.49-0.52 s with blocks of 64-256 tokens, 0.58 s with 512,
 # 0.65 s with 2048 (torch: 0.47-0.49 s in the same runs)
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
+NUMPY_FLOAT_DTYPES = {"F16", "F32", "F64"}  # safetensors dtype names numpy reads as floats
 
 
 def supports(config: ModelConfig) -> bool:
@@ -46,11 +47,60 @@ def read_numpy_weights(path: str | Path, *, header_only: bool = False) -> tuple[
     try:
         with safe_open(str(path), framework="np") as handle:
             metadata = dict(handle.metadata() or {})
+            odd = sorted({handle.get_slice(key).get_dtype() for key in handle.keys()} - NUMPY_FLOAT_DTYPES)
+            if odd:  # bfloat16 (numpy has no such type) or not floats at all: torch's loader reads or refuses them
+                raise WeightsError(f"{Path(path).name} holds {', '.join(odd)} tensors, which the numpy backend does not read",
+                                   hint="use --backend torch")
             arrays = {} if header_only else {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"corrupt or unreadable safetensors file {path}: {exc}", hint="re-download or re-export it") from exc
     config = ModelConfig.from_json(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else None
+    if arrays and config is not None:
+        check_weights(arrays, config, Path(path).name)
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}, config
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter of `MambaSR(config)` with its shape (tests/test_model_numpy.py holds this to the torch model)."""
+    c, di = config.embed_dim, config.d_inner
+    shapes = {"conv_first.weight": (c, config.in_channels, 3, 3), "conv_first.bias": (c,),
+              "patch_embed.norm.weight": (c,), "patch_embed.norm.bias": (c,)}
+    for g in range(config.groups):
+        for b in range(config.blocks_per_group):
+            p = f"layers.{g}.residual_group.blocks.{b}."
+            shapes.update({
+                p + "norm.weight": (c,), p + "norm.bias": (c,), p + "mixer.A_log": (di, config.d_state), p + "mixer.D": (di,),
+                p + "mixer.in_proj.weight": (2 * di, c), p + "mixer.conv1d.weight": (di, 1, config.d_conv), p + "mixer.conv1d.bias": (di,),
+                p + "mixer.x_proj.weight": (config.dt_rank + 2 * config.d_state, di), p + "mixer.dt_proj.weight": (di, config.dt_rank),
+                p + "mixer.dt_proj.bias": (di,), p + "mixer.out_proj.weight": (c, di),
+            })
+        shapes.update({f"layers.{g}.conv.weight": (c, c, 3, 3), f"layers.{g}.conv.bias": (c,)})
+    out = config.in_channels * config.scale**2
+    shapes.update({"norm_f.weight": (c,), "norm_f.bias": (c,), "conv_after_body.weight": (c, c, 3, 3), "conv_after_body.bias": (c,),
+                   "upsample.0.weight": (out, c, 3, 3), "upsample.0.bias": (out,)})
+    return shapes
+
+
+def check_weights(arrays: dict[str, np.ndarray], config: ModelConfig, name: str) -> None:
+    """The checks of checkpoint.check_state_dict / check_tensor_values, with the same messages: keys and shapes
+    fit `config`, float dtypes, finite values."""
+    expected = expected_shapes(config)
+    missing = sorted(set(expected) - set(arrays))
+    unexpected = sorted(set(arrays) - set(expected))
+    mis_shaped = [f"{k} {arrays[k].shape} != {expected[k]}" for k in sorted(set(expected) & set(arrays)) if arrays[k].shape != expected[k]]
+    if missing or unexpected or mis_shaped:
+        parts = [f"{len(items)} {label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}"
+                 for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)) if items]
+        raise ArchitectureMismatchError(f"weights {name} do not fit the model: " + "; ".join(parts),
+                                        hint="the file's stored config does not match its tensors: re-save it")
+    not_float = [f"{k} ({v.dtype})" for k, v in arrays.items() if not np.issubdtype(v.dtype, np.floating)]
+    if not_float:
+        raise WeightsError(f"weights {name} hold non-float tensors for float parameters: {', '.join(not_float[:4])}",
+                           hint="the file is damaged or was converted wrongly; re-export it (float16/bfloat16/float32/float64 load)")
+    not_finite = [k for k, v in arrays.items() if not np.isfinite(v).all()]
+    if not_finite:
+        raise WeightsError(f"weights {name} contain NaN or infinite values in {', '.join(not_finite[:4])}",
+                           hint="the training run diverged or the file is damaged; use an earlier checkpoint")
 
 
 def _silu(x: np.ndarray) -> np.ndarray:
@@ -141,17 +191,7 @@ class NumpyMambaSR:
         self.w = weights
         self.mean = np.asarray(config.rgb_mean, dtype=np.float32)
         self.threads = max(1, int(threads))
-        self._check_keys()
 
-    def _check_keys(self) -> None:
-        c = self.config
-        needed = ["conv_first.weight", "patch_embed.norm.weight", "norm_f.weight", "conv_after_body.weight", "upsample.0.weight"]
-        for g in range(c.groups):
-            needed.append(f"layers.{g}.conv.weight")
-            needed += [f"layers.{g}.residual_group.blocks.{b}.mixer.A_log" for b in range(c.blocks_per_group)]
-        missing = [k for k in needed if k not in self.w]
-        if missing:
-            raise ArchitectureMismatchError(f"weights do not fit the config: missing {', '.join(missing[:4])}", hint="check the weights file")
 
     def _mixer(self, x: np.ndarray, p: str, pool: Executor | None) -> np.ndarray:
         """Mamba mixer on tokens x (L, C) (mamba_ssm's slow path, raster order)."""

@@ -94,3 +94,41 @@ def test_upscale_of_the_default_model_never_imports_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert Image.open(tmp_path / "out.png").size == (40, 48)
+
+
+@pytest.mark.parametrize("preset", ["test", "dvmsr", "dvmsr-g1", "student"])
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_expected_shapes_are_the_torch_models(preset, scale):
+    from mambaesr_edge.model_numpy import expected_shapes
+
+    config = get_preset(preset, scale=scale)
+    assert expected_shapes(config) == {k: tuple(v.shape) for k, v in MambaSR(config).state_dict().items()}
+
+
+def test_weights_that_do_not_fit_are_refused_as_torch_refuses_them(tmp_path):
+    from safetensors.torch import save_file
+
+    from mambaesr_edge.errors import ArchitectureMismatchError, WeightsError
+    from mambaesr_edge.model_numpy import read_numpy_weights
+
+    model = MambaSR(get_preset("test"))
+    good = save_weights(model, tmp_path / "good.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(good), framework="np") as handle:
+        meta = handle.metadata()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cases = {
+        "shape": ({**state, "conv_first.weight": state["conv_first.weight"][:4]}, ArchitectureMismatchError, "1 wrong shape"),
+        "nan": ({**state, "conv_first.bias": torch.full_like(state["conv_first.bias"], float("nan"))}, WeightsError, "NaN"),
+        "bf16": ({k: v.bfloat16() for k, v in state.items()}, WeightsError, "BF16"),
+        "int8": ({**state, "conv_first.bias": state["conv_first.bias"].to(torch.int8)}, WeightsError, "I8"),
+    }
+    for name, (tensors, error, message) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
+        with pytest.raises(error, match=message):
+            read_numpy_weights(path)
+    # the CPU default selection leaves what numpy cannot read to torch (bf16 loads there; int8 gets torch's refusal)
+    assert numpy_config(tmp_path / "bf16.safetensors", None) is None
+    assert numpy_config(good, None) == model.config
