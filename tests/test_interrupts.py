@@ -20,7 +20,7 @@ from cli_processes import Cli, check_complete, one_line_error, run_cli, snapshot
 from mambaesr_edge.checkpoint import load_model, save_weights
 from mambaesr_edge.model import MambaSR
 from mambaesr_edge.presets import get_preset
-from mambaesr_edge.train import TrainConfig, checkpoint_step, train
+from mambaesr_edge.train import checkpoint_step
 
 
 @pytest.fixture(scope="module")
@@ -172,15 +172,10 @@ def test_sigkill_during_training_then_resume_reaches_the_same_final_loss(images,
     assert resumed.proc.returncode == 0, resumed.stderr
     assert not temp_files(run)  # a run folder has one writer: its leftovers are removed on resume
 
-    straight_cfg = TrainConfig(preset="test", train_dirs=(str(images),), iterations=200, batch_size=2, patch=8, log_every=1,
-                               ckpt_every=5, scan_impl="chunked", seed=1, out_dir=str(tmp_path / "runs"), run_name="straight",
-                               cache_dir=str(tmp_path / ".cache" / "mambaesr"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the subprocess (--threads 1): same kernels, same sums
-    try:
-        straight = train(straight_cfg)
-    finally:
-        torch.set_num_threads(threads)
+    # the straight run goes through the same CLI process setup (CPU, one thread): the same kernels, the same sums
+    done = run_cli("--threads", 1, "train", "--train-dir", images, *TRAIN, "--out", tmp_path / "runs", "--name", "straight", cwd=tmp_path)
+    assert done.proc.returncode == 0, done.stderr
+    straight = tmp_path / "runs" / "straight"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     expected = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 201))  # each step once: the cut row and re-run steps dropped
