@@ -45,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mambaesr_edge.machine import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 BASE_COMMIT = "1f41958"
 BABY = "datasets/benchmark/Set5/LR_bicubic/X4/babyx4.png"
@@ -214,15 +216,6 @@ def version(dist: str) -> str | None:
     except importlib.metadata.PackageNotFoundError:
         return None
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,20 +23,15 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from mambaesr_edge.machine import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MAMBAESR_SHARED", REPO.parent / "shared"))
 TARGET_FP32, TOLERANCE, FLOOR_FP16 = 32.18, 0.01, 32.16
 
 
 def machine() -> dict[str, object]:
-    cpu = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"uname": " ".join(platform.uname()), "cpu": cpu or platform.processor(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    return {"uname": " ".join(platform.uname()), "cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version()}
 
 
 def versions() -> dict[str, str]:

@@ -22,19 +22,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from mambaesr_edge.machine import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def machine() -> dict[str, object]:
-    cpu = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    return {"uname": " ".join(platform.uname()), "cpu": cpu or platform.processor(), "cpus": os.cpu_count(), "load_average_1_5_15": load}
+    return {"uname": " ".join(platform.uname()), "cpu": cpu_model(), "cpus": os.cpu_count(), "load_average_1_5_15": load}
 
 
 def ort_latency_ms(path: Path, shape: tuple[int, ...], runs: int) -> dict[str, float]:

@@ -69,6 +69,7 @@ import torch
 from torch import nn
 
 from mambaesr_edge.export.cost import analytic_macs_per_pixel
+from mambaesr_edge.machine import cpu_model
 from mambaesr_edge.model import MambaSR, count_parameters
 from mambaesr_edge.presets import get_preset
 from mambaesr_edge.runtime.tiling import plan_tiles
@@ -175,13 +176,7 @@ def _version(dist: str) -> str | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 # ----------------------------------------------------------------------------------------------------------- runner

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mambaesr_edge.machine import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")
 LIMIT_PCT = 5.0
@@ -120,15 +122,6 @@ def soak(backend: str, frames: int, size: int, preset: str, every: int, warm: in
         "rss_samples_mib": [[f, round(v, 2)] for f, v in samples],
     }
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:

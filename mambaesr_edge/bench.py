@@ -251,12 +251,9 @@ def _machine() -> dict[str, Any]:
     import platform
     import sys
 
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(),
+    from .machine import cpu_model
+
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
                             "python": platform.python_version()}
     torch = sys.modules.get("torch")  # only when a backend already loaded it
     if torch is not None and torch.cuda.is_available():
