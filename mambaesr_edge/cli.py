@@ -363,6 +363,9 @@ from .data_commands import register as _register_data  # noqa: E402  (data prepa
 _register_data(app)
 
 
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for a Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; turn user errors into one line + hint and exit code 2, Ctrl-C into exit code 130.
 
@@ -409,9 +412,6 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("interrupted", highlight=False)
         return INTERRUPTED_EXIT_CODE
     return 0
-
-
-INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 
 
 def run() -> None:
