@@ -134,6 +134,14 @@ def _folder_sources(root: Path, exclude: Path | None) -> list[Path]:
     return found
 
 
+def _replaced(target: Path, mtime_before: int | None) -> bool:
+    """Whether `target` was written since its mtime was `mtime_before` (None: it did not exist then)."""
+    try:
+        return target.stat().st_mtime_ns != mtime_before
+    except FileNotFoundError:
+        return False
+
+
 def _progress(console):
     from rich.progress import (
         BarColumn,
@@ -158,6 +166,7 @@ def _run_folder(req: UpscaleRequest, up: Upscaler, console) -> UpscaleSummary:
     if not sources:
         raise ImageError(f"no images found in {req.input}", hint=f"supported: {', '.join(IMAGE_SUFFIXES)}")
     written, skipped, failed = 0, 0, []
+    in_flight: tuple[Path, int | None] | None = None  # (target, its mtime before) while an image is being written
     start = time.perf_counter()
     rerun = "run the same command again to do the rest (complete outputs are skipped)"
     with _progress(console) as progress:
@@ -170,8 +179,10 @@ def _run_folder(req: UpscaleRequest, up: Upscaler, console) -> UpscaleSummary:
                 else:
                     try:
                         target.parent.mkdir(parents=True, exist_ok=True)
+                        in_flight = (target, target.stat().st_mtime_ns if target.exists() else None)
                         upscale_file(up, source, target)
                         written += 1
+                        in_flight = None
                     except DiskFullError as exc:  # every further image would fail the same way: stop here
                         raise DiskFullError(
                             f"{exc.message}; {written} images written before it are complete",
@@ -179,9 +190,11 @@ def _run_folder(req: UpscaleRequest, up: Upscaler, console) -> UpscaleSummary:
                         ) from exc
                     except MambaESRError as exc:
                         failed.append((source, str(exc)))
-                        progress.console.print(f"[red]failed[/] {escape(str(source))}: {escape(str(exc))}", highlight=False)
+                        progress.console.print(f"[red]failed[/] {escape(str(source))}: {escape(str(exc))}", highlight=False, soft_wrap=True)
                 progress.advance(task)
         except KeyboardInterrupt:
+            if in_flight is not None and _replaced(*in_flight):  # Ctrl-C came after the rename, before the count
+                written += 1
             raise Interrupted(f"{written} images written to {out_root}, all complete; {rerun}") from None
     seconds = time.perf_counter() - start
     console.print(f"{written} written, {skipped} skipped (exist; --overwrite replaces), {len(failed)} failed, in {seconds:.1f} s")
