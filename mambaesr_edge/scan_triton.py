@@ -147,7 +147,7 @@ def forward_launch_shape(batch: int, dim: int, length: int, device: torch.device
 
 def scan_forward(u, delta, A, B, C, *, store_h: bool, launch: tuple[int, int, int] | None = None,
                  delta_bias=None, delta_softplus: bool = False, D=None, z=None):
-    """y (B, D, L) and, with store_h, every state h (B, L, D, N) for the backward; fp32 inputs of any strides.
+    """y (B, D, L) fp32 and, with store_h, every state h (B, L, D, N) for the backward; float inputs of any strides.
 
     delta_bias/delta_softplus/D/z, when given, are applied inside the kernel (inference: no gradient flows
     through them here); without them y is the bare recurrence output C . h.
