@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 
 from .bench import BenchError, BenchResult, tiles_per_frame
-from .errors import DiskFullError
-from .fileio import atomic_write, space_problem
+from .fileio import atomic_write, disk_full_error
 from .power import window_power
 
 log = logging.getLogger(__name__)
@@ -232,11 +231,11 @@ def write_reports(result: BenchResult, out_dir: Path, name: str = "bench", meta:
             _write_latency_csv(result, tmp["latency_csv"])
             _plot(result, report, tmp["png"])
     except OSError as exc:
-        no_room = space_problem(exc)
-        if no_room is None:
+        full = disk_full_error(exc, f"the bench report in {out_dir}", "the previous report files there are intact",
+                               "pass --out on another disk, then run again")
+        if full is None:
             raise
-        raise DiskFullError(f"{no_room[0]} while writing the bench report in {out_dir}; the previous report files "
-                            f"there are intact", hint=f"{no_room[1]} or pass --out on another disk, then run again") from exc
+        raise full from exc
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return paths
 

@@ -22,7 +22,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["TEMP_MARKER", "atomic_write", "is_temp_file", "sha256_file", "space_problem"]
+from .errors import DiskFullError
+
+__all__ = ["TEMP_MARKER", "atomic_write", "disk_full_error", "is_temp_file", "sha256_file", "space_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,15 @@ def space_problem(exc: BaseException | None) -> tuple[str, str] | None:
     """(what ran out, the fix) when a write failed for lack of room (ENOSPC, EDQUOT, EFBIG), e.g.
     ("no space left on the disk", "free disk space"); None for any other error."""
     return _NO_ROOM.get(exc.errno) if isinstance(exc, OSError) else None
+
+
+def disk_full_error(exc: BaseException | None, writing: str, kept: str, elsewhere: str) -> DiskFullError | None:
+    """The error to raise when ``exc`` is a write that failed for lack of room, else None:
+    "<what ran out> while writing <writing>; <kept>", hint "<the fix> or <elsewhere>"."""
+    no_room = space_problem(exc)
+    if no_room is None:
+        return None
+    return DiskFullError(f"{no_room[0]} while writing {writing}; {kept}", hint=f"{no_room[1]} or {elsewhere}")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

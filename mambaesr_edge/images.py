@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DiskFullError, ImageError
-from .fileio import atomic_write, space_problem
+from .errors import ImageError
+from .fileio import atomic_write, disk_full_error
 
 __all__ = ["ImageInfo", "load_image", "load_image_with_alpha", "load_image_any", "save_image"]
 
@@ -221,13 +221,10 @@ def save_image(path: PathLike, array: np.ndarray) -> None:
             else:
                 Image.fromarray(arr).save(tmp, format=fmt)
     except Exception as e:
-        no_room = space_problem(e)
-        if no_room is not None:
-            raise DiskFullError(
-                f"{no_room[0]} while writing image {target}; "
-                + ("its previous version is intact" if existed else "no partial file was left"),
-                hint=f"{no_room[1]} or write to another disk (-o), then run again",
-            ) from e
+        full = disk_full_error(e, f"image {target}", "its previous version is intact" if existed else "no partial file was left",
+                               "write to another disk (-o), then run again")
+        if full is not None:
+            raise full from e
         raise ImageError(
             f"cannot write image {target}: {e}",
             hint="check that the folder exists and is writable and that the format fits (JPEG has no alpha)",

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import ConfigError, DiskFullError, MambaESRError
-from ..fileio import space_problem
+from ..fileio import disk_full_error
 from ..model import MambaSR
 from ..profiles import MIN_TILE, DeviceProfile, list_profiles, load_profile
 from . import tensorrt as trt_support
@@ -99,14 +99,12 @@ def export_bundle(model: MambaSR, weights_sha256: str, out_dir: str | Path, opti
         _install(staging, out_dir)
     except BaseException as exc:  # Ctrl-C included: no staging folder is left behind
         _remove_tree(staging)
-        no_room = space_problem(exc.__cause__ if isinstance(exc, DiskFullError) else exc)
-        if no_room is None:
+        full = disk_full_error(exc.__cause__ if isinstance(exc, DiskFullError) else exc, f"the bundle {out_dir}",
+                               "nothing was written" + (", the previous bundle there is intact" if existed else ""),
+                               "pass --out on another disk, then export again")
+        if full is None:
             raise
-        raise DiskFullError(
-            f"{no_room[0]} while writing the bundle {out_dir}; nothing was written"
-            + (", the previous bundle there is intact" if existed else ""),
-            hint=f"{no_room[1]} or pass --out on another disk, then export again",
-        ) from exc
+        raise full from exc
     return replace(result, bundle_dir=out_dir, seconds=time.perf_counter() - start)
 
 

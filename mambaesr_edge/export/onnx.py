@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError, DependencyMissingError, DiskFullError, MambaESRError
-from ..fileio import atomic_write, space_problem
+from ..errors import ConfigError, DependencyMissingError, MambaESRError
+from ..fileio import atomic_write, disk_full_error
 from ..model import MambaSR
 from ..presets import ModelConfig
 from ..scan import fixed_capacity
@@ -172,14 +172,12 @@ def export_onnx(
         with atomic_write(path) as tmp:
             tmp.write_bytes(data)
     except OSError as exc:
-        no_room = space_problem(exc)
-        if no_room is None:
+        full = disk_full_error(exc, f"{path} ({len(data) / 1e6:.1f} MB)",
+                               "its previous version is intact" if existed else "no partial file was left",
+                               "write to another disk, then export again")
+        if full is None:
             raise
-        raise DiskFullError(
-            f"{no_room[0]} while writing {path} ({len(data) / 1e6:.1f} MB); "
-            + ("its previous version is intact" if existed else "no partial file was left"),
-            hint=f"{no_room[1]} or write to another disk, then export again",
-        ) from exc
+        raise full from exc
     ops: dict[str, int] = {}
     for node in proto.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
