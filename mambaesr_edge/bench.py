@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import MambaESRError
 from .power import NullSampler, PowerSampler, Sample
+from .runtime.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def tiles_per_frame(frame_hw: tuple[int, int], tile_hw: tuple[int, int], overlap
     return along(frame_hw[0], tile_hw[0]) * along(frame_hw[1], tile_hw[1])
 
 
-def _check_args(backend: Any, samples: int, warmup: int, idle_seconds: float, tile_hw, batch: int, overlap: int) -> None:
+def _check_args(backend: Backend, samples: int, warmup: int, idle_seconds: float, tile_hw, batch: int, overlap: int) -> None:
     if samples < 1:
         raise BenchError(f"--samples must be at least 1, got {samples}", hint="e.g. --samples 1000 (the seed paper's count)")
     if warmup < 0:
@@ -87,28 +88,29 @@ def _check_args(backend: Any, samples: int, warmup: int, idle_seconds: float, ti
         raise BenchError(f"tile must be at least 1x1, got {tile_hw}", hint="e.g. --tile 64")
     if not 0 <= overlap < min(tile_hw):
         raise BenchError(f"overlap {overlap} must be >= 0 and smaller than the tile {tile_hw}", hint="e.g. overlap 8")
-    fixed = getattr(backend, "input_hw", None)
+    info = backend.info
+    fixed = info.input_hw
     if fixed is not None and tuple(fixed) != tuple(tile_hw):
         raise BenchError(
-            f"the {backend.name} backend takes only {fixed[0]}x{fixed[1]} tiles, not {tile_hw[0]}x{tile_hw[1]}",
+            f"the {info.name} backend takes only {fixed[0]}x{fixed[1]} tiles, not {tile_hw[0]}x{tile_hw[1]}",
             hint=f"use --tile {fixed[0]} or export the model at the tile you want",
         )
-    max_batch = getattr(backend, "max_batch", None)
+    max_batch = info.max_batch
     if max_batch is not None and batch > max_batch:
-        raise BenchError(f"the {backend.name} backend takes at most batch {max_batch}", hint=f"use --batch {max_batch}")
+        raise BenchError(f"the {info.name} backend takes at most batch {max_batch}", hint=f"use --batch {max_batch}")
 
 
-def _check_output(backend: Any, x: np.ndarray, y: Any) -> None:
+def _check_output(backend: Backend, x: np.ndarray, y: Any) -> None:
     n, c, h, w = x.shape
-    want = (n, c, backend.scale * h, backend.scale * w)
+    want = (n, c, backend.info.scale * h, backend.info.scale * w)
     if not isinstance(y, np.ndarray) or tuple(y.shape) != want:
         got = getattr(y, "shape", type(y).__name__)
-        raise BenchError(f"the {backend.name} backend returned {got} for input {x.shape}; expected {want}",
+        raise BenchError(f"the {backend.info.name} backend returned {got} for input {x.shape}; expected {want}",
                          hint="the backend does not follow the Backend protocol (docs/interfaces.md)")
 
 
 def run_bench(
-    backend: Any,
+    backend: Backend,
     *,
     samples: int,
     warmup: int = 10,
@@ -121,7 +123,7 @@ def run_bench(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> BenchResult:
-    """Benchmark `backend` (anything with name, scale, input_hw, max_batch, run, synchronize) on random tiles.
+    """Benchmark `backend` (a runtime Backend: info, run, synchronize) on random tiles.
 
     Raises BenchError for bad settings; a KeyboardInterrupt during warm-up, idle or timing ends the run early and the
     result is returned with partial=True (the caller decides what to do next).
@@ -170,7 +172,7 @@ def run_bench(
         power_samples = sampler.stop()
     describe = sampler.describe()
     return BenchResult(
-        backend=str(backend.name), scale=int(backend.scale), tile_hw=tile_hw, batch=batch, frame_hw=tuple(frame_hw),
+        backend=backend.info.name, scale=backend.info.scale, tile_hw=tile_hw, batch=batch, frame_hw=tuple(frame_hw),
         overlap=overlap, warmup=warmup, samples_requested=samples, origin=origin, warmup_window=warm,
         idle_window=idle, inference_window=infer, starts=tuple(starts), latencies_s=tuple(latencies),
         power_samples=tuple(power_samples), sampler=describe, power_available=bool(sampler.available),
@@ -181,12 +183,11 @@ def run_bench(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The `mambaesr-edge bench` command. Backends come from the runtime (runtime.backends.open_backend); a network that
-# should run in ONNX Runtime without an .onnx file (the default model, --preset, or --model weights) is exported here
-# to a temporary static-shape ONNX with the exportable `chunked` scan.
+# What `mambaesr-edge bench` measures: by default the backend `upscale --device PROFILE` would run (the runtime's one
+# resolver, runtime/source.py: for weights on the CPU that is numpy), or the one --backend names. A network that should
+# run in ONNX Runtime without an .onnx file (the default model, --preset, or --model weights) is exported here to a
+# temporary static-shape ONNX with the exportable `chunked` scan.
 
-_PROFILE_BACKENDS = {"tensorrt": "tensorrt", "onnxruntime-cpu": "onnxruntime", "onnxruntime-cuda": "onnxruntime",
-                     "torch": "torch"}
 DEFAULT_TILE_CAP = 64  # the seed paper's 64x64 tile: the default compares devices at the same tile
 
 
@@ -220,30 +221,48 @@ def export_onnx_for_bench(net: Any, path: Path, tile_hw: tuple[int, int], batch:
     return export_onnx(net.eval(), path, input_shape=(batch, 3, *tile_hw), simplify=False).path
 
 
-def open_bench_backend(backend: str, *, model: Path | None, bundle: Path | None, preset: str | None, scan: str,
-                       tile_hw: tuple[int, int], batch: int, run_on: str, precision: str, threads: int | None,
-                       workdir: Path) -> tuple[Any, dict[str, Any]]:
-    """(backend, description of the model) for the bench command."""
+def open_bench_backend(backend: str | None, *, model: Path | None, bundle: Path | None, preset: str | None, scan: str,
+                       tile_hw: tuple[int, int], batch: int, run_on: str | None, precision: str | None, threads: int | None,
+                       workdir: Path, profile: Any = None) -> tuple[Backend, dict[str, Any]]:
+    """(backend, description of the model) for the bench command. ``backend``/``run_on``/``precision`` None: as
+    ``upscale --device PROFILE`` would choose (``profile``: a DeviceProfile)."""
     from .runtime.backends import open_backend
+    from .runtime.source import classify, normalise_backend
 
-    source = bundle if bundle is not None else model
-    if source is not None and (bundle is not None or model.suffix.lower() in (".onnx", ".engine", ".plan", ".trt")):
-        opened = open_backend(source, backend, device=run_on, precision=precision, threads=threads)
-        return opened, {"weights": str(source)}
-    if backend == "tensorrt":
+    source = classify(bundle if bundle is not None else model)
+    name = normalise_backend(backend) if backend else None
+    random_init = model is None and bundle is None and preset is not None
+    if source.is_weights and name == "tensorrt":
         raise BenchError("the tensorrt backend needs an engine: pass --bundle DIR (with model.engine) or --model X.engine",
                          hint="mambaesr-edge export --device PROFILE, then mambaesr-edge build-engine BUNDLE on the device")
-    net, description = _network(model, preset, scan)
-    if backend == "torch":
+    if source.is_weights and (name == "onnxruntime" or random_init):
+        net, description = _network(model, preset, scan)
+        if name == "onnxruntime":
+            onnx_path = export_onnx_for_bench(net, workdir / "model.onnx", tile_hw, batch)
+            opened = open_backend(onnx_path, "onnxruntime", device=run_on or "cpu", threads=threads)
+            return opened, {**description, "scan": "chunked", "onnx": f"exported for this run at {tile_hw[0]}x{tile_hw[1]}, "
+                                                                  f"batch {batch}, opset 17"}
+        if name not in (None, "torch"):
+            raise BenchError(f"a random-init --preset network runs in torch or onnxruntime, not {name}",
+                             hint="pass --model WEIGHTS.safetensors to bench the numpy backend")
         from .runtime.backends.torch import TorchBackend
-        from .scan import resolve_impl
 
-        opened = TorchBackend(net, device=run_on, precision=precision, scan_impl=scan)
-        return opened, {**description, "scan": resolve_impl(scan, opened.device)}
-    onnx_path = export_onnx_for_bench(net, workdir / "model.onnx", tile_hw, batch)
-    opened = open_backend(onnx_path, "onnxruntime", device=run_on, threads=threads)
-    return opened, {**description, "scan": "chunked", "onnx": f"exported for this run at {tile_hw[0]}x{tile_hw[1]}, "
-                                                          f"batch {batch}, opset 17"}
+        opened = TorchBackend(net, device=run_on or "auto", precision=precision or "fp32", scan_impl=scan)
+        return opened, {**description, "scan": opened.info.detail}
+    opened = open_backend(source.path, name, device=run_on, precision=precision, preset=preset, scan_impl=scan, threads=threads,
+                          profile=profile)  # fmt: skip
+    info = opened.info
+    description = {"weights": info.source or source.label, "weights_sha256": info.weights_sha256, "preset": preset,
+                   "params": _params(info.config), "detail": info.detail}
+    return opened, description
+
+
+def _params(config: Any) -> int | None:
+    if config is None:
+        return None
+    from .model import MambaSR, count_parameters
+
+    return count_parameters(MambaSR(config))
 
 
 def _machine() -> dict[str, Any]:
@@ -333,9 +352,6 @@ def register(app: Any) -> None:
         except ValueError as exc:
             raise BenchError(f"--frame must be WxH, got {frame!r}", hint="e.g. --frame 1920x1080") from exc
         profile = load_profile(device)
-        backend_name = backend or _PROFILE_BACKENDS.get(profile.backend, "onnxruntime")
-        run_on = run_on or ("cpu" if profile.backend == "onnxruntime-cpu" else "auto")
-        precision = precision or ("fp32" if run_on == "cpu" else profile.precision)
         tile = tile if tile is not None else min(profile.tile, DEFAULT_TILE_CAP)
         batch = batch if batch is not None else profile.batch
         overlap = overlap if overlap is not None else min(profile.overlap, tile // 4)
@@ -350,9 +366,10 @@ def register(app: Any) -> None:
         started, load_before = _utc_now(), _load_average()
         with tempfile.TemporaryDirectory(prefix="mambaesr-bench-") as work:
             opened, model_info = open_bench_backend(
-                backend_name, model=model, bundle=bundle, preset=preset, scan=scan, tile_hw=(tile, tile), batch=batch,
-                run_on=run_on, precision=precision, threads=threads, workdir=Path(work))
-            console.print(f"{opened.name}: {model_info.get('weights')}, tile {tile}x{tile}, batch {batch}, "
+                backend, model=model, bundle=bundle, preset=preset, scan=scan, tile_hw=(tile, tile), batch=batch,
+                run_on=run_on, precision=precision, threads=threads, workdir=Path(work), profile=profile)
+            backend_name, run_on, precision = opened.info.name, opened.info.device, opened.info.precision
+            console.print(f"{opened.info.name}: {model_info.get('weights')}, tile {tile}x{tile}, batch {batch}, "
                           f"{warmup} warm-up, {idle_seconds:g} s idle, {samples} timed", highlight=False)
             columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
             with Progress(*columns, console=console, transient=True) as bar:
@@ -371,7 +388,7 @@ def register(app: Any) -> None:
                 "threads": threads, "backend_repr": repr(opened), "note": note}
         paths = write_reports(result, out_dir, name, meta)
         report = json.loads(paths["json"].read_text())
-        table = Table(title=f"bench: {profile.name}, {opened.name}", show_header=False)
+        table = Table(title=f"bench: {profile.name}, {opened.info.name}", show_header=False)
         table.add_column("metric")
         table.add_column("value", justify="right")
         for metric, value in summary_rows(report):

@@ -75,7 +75,7 @@ def eval_command(
 ) -> None:
     """Y-channel PSNR / SSIM (border = scale, MATLAB conventions) on benchmark folders, through any runtime backend."""
     from .errors import ConfigError
-    from .evaluate import evaluate_upscaler
+    from .evaluate import evaluate_upscaler, open_eval_backend
     from .fileio import atomic_write
     from .runtime import Upscaler
 
@@ -87,22 +87,24 @@ def eval_command(
         problem = "is a folder" if json_out.is_dir() else "is in a folder that does not exist"
         raise ConfigError(f"--json {json_out} {problem}", hint="pass a file path in an existing folder")
     path = model_path or weights
-    backend_obj, config, sha256, bundle = _open_eval_backend(
-        path, backend, preset=preset, scan=_check_scan(scan), param_key=param_key, precision="fp16" if half else "fp32", cuda=cuda
-    )
+    backend_obj, bundle = open_eval_backend(
+        path, backend, preset=preset, scan_impl=_check_scan(scan), param_key=param_key, precision="fp16" if half else "fp32",
+        device="cuda" if cuda else "cpu",
+    )  # fmt: skip
+    info = backend_obj.info
+    config, sha256, precision = info.config, info.weights_sha256, info.precision
     up = Upscaler(backend_obj, tile=tile, overlap=overlap, profile=bundle)
-    precision = _eval_precision(backend_obj, "fp16" if half else "fp32")
     tile_hw = up.settings.tile
     tile_used = 0 if tile_hw is None else (tile_hw[0] if tile_hw[0] == tile_hw[1] else list(tile_hw))
     for decision in up.startup_decisions:
         console.print(f"[dim]{decision}[/]", highlight=False)
-    results = [evaluate_upscaler(up, d, scale=scale, model_scale=backend_obj.scale, rgb_psnr=rgb) for d in dataset]
+    results = [evaluate_upscaler(up, d, scale=scale, model_scale=info.scale, rgb_psnr=rgb) for d in dataset]
     params = _count_params(config)
     how = "whole image" if tile_used == 0 else f"tile {tile_used}, overlap {up.settings.overlap}"
     table = Table(
-        title=f"x{scale}  {path or 'default model'}  ({backend_obj.name} {precision}, {how}"
+        title=f"x{scale}  {path or 'default model'}  ({info.name} {precision}, {how}"
         + (f", {params:,} params" if params is not None else "")
-        + (f", scan {scan}" if backend_obj.name == "torch" else "")
+        + (f", {info.detail}" if info.name == "torch" else "")
         + ")"
     )
     for column in ("dataset", "images", "PSNR (Y)", "SSIM (Y)", *(("PSNR (RGB)",) if rgb else ()), "seconds"):
@@ -119,8 +121,8 @@ def eval_command(
             "weights_sha256": sha256,
             "config": json.loads(config.to_json()) if config is not None else None,
             "scale": scale,
-            "scan": scan if backend_obj.name == "torch" else "chunked (exported graph)",
-            "backend": backend_obj.name,
+            "scan": scan if info.name == "torch" else "chunked (exported graph)",
+            "backend": info.name,
             "tile": tile_used,
             "overlap": up.settings.overlap,
             "blend": up.settings.blend,
@@ -130,54 +132,6 @@ def eval_command(
         with atomic_write(json_out) as tmp:
             tmp.write_text(json.dumps(report, indent=2))
         console.print(f"wrote {json_out}")
-
-
-def _open_eval_backend(path: Optional[Path], backend: Optional[str], *, preset, scan, param_key, precision, cuda):
-    """(backend, ModelConfig or None, weights sha256 or None, Bundle or None) for `eval`.
-
-    Weights in torch go through checkpoint.load_model (its error messages); everything else through open_backend."""
-    from .runtime.backends import open_backend, resolve_backend_name
-    from .runtime.bundle import is_bundle, read_bundle
-
-    device = "cuda" if cuda else "cpu"
-    name = resolve_backend_name(path, backend)
-    bundle = read_bundle(path) if path is not None and is_bundle(path) else None
-    if name == "torch" and bundle is None and (path is None or path.suffix.lower() in (".safetensors", ".pth", ".pt")):
-        from .checkpoint import load_model
-        from .runtime.backends.torch import TorchBackend
-
-        model, loaded = load_model(path, preset, scan_impl=scan, param_key=param_key)
-        return TorchBackend(model, device=device, precision=precision, weights_sha256=loaded.sha256), model.config, loaded.sha256, bundle
-    opened = open_backend(path, backend, device=device, precision=precision, preset=preset, scan_impl=scan, param_key=param_key)
-    if bundle is not None:
-        return opened, bundle.config, bundle.weights_sha256, bundle
-    config, sha256 = None, getattr(opened, "weights_sha256", None)
-    meta = _onnx_metadata(opened)
-    if "config" in meta:
-        from .presets import ModelConfig
-
-        try:
-            config = ModelConfig.from_json(meta["config"])
-        except (MambaESRError, ValueError, TypeError, KeyError):
-            config = None
-    return opened, config, meta.get("weights_sha256", sha256), bundle
-
-
-def _onnx_metadata(backend_obj) -> dict[str, str]:
-    """The mambaesr_edge.* metadata of an ONNX Runtime backend's graph (prefix dropped); {} for other backends."""
-    session = getattr(backend_obj, "session", None)
-    if session is None or not hasattr(session, "get_modelmeta"):
-        return {}
-    meta = session.get_modelmeta().custom_metadata_map
-    return {k.removeprefix("mambaesr_edge."): v for k, v in meta.items() if k.startswith("mambaesr_edge.")}
-
-
-def _eval_precision(backend_obj, requested: str) -> str:
-    """The precision the backend really runs: the graph's metadata (ONNX), the backend's own, else the request."""
-    meta = _onnx_metadata(backend_obj)
-    if meta.get("precision") in ("fp32", "fp16"):
-        return meta["precision"]
-    return getattr(backend_obj, "precision", None) or requested
 
 
 def _count_params(config) -> Optional[int]:

@@ -38,6 +38,18 @@ class ImageError(MambaESRError):
     """An image cannot be read, is too small, or cannot be written."""
 
 
+class BackendError(MambaESRError):
+    """A backend cannot be opened or failed to run (missing provider, bad model file, wrong input shape, CUDA error)."""
+
+
+class BundleError(MambaESRError):
+    """An export bundle or engine manifest is missing files, invalid, stale, or cannot be written (bundle.py)."""
+
+
+class EngineMismatchError(BundleError):
+    """A TensorRT engine was built for another GPU, TensorRT release, weights, graph or plugin than the ones here."""
+
+
 class DependencyMissingError(MambaESRError):
     """An optional dependency (an extra) is needed for the requested feature but is not installed."""
 

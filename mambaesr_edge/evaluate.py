@@ -14,10 +14,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bundle import Bundle
 from .datasets import load_pairs
 from .errors import ConfigError
 from .metrics import psnr, ssim
 from .model import MambaSR
+from .runtime.backends import Backend, open_backend
+from .runtime.source import classify
+
+
+def open_eval_backend(
+    model: str | Path | None,
+    backend: str | None,
+    *,
+    device: str = "cpu",
+    precision: str = "fp32",
+    preset: str | None = None,
+    scan_impl: str = "auto",
+    param_key: str | None = None,
+) -> tuple[Backend, Bundle | None]:
+    """The backend ``eval`` measures (the runtime's resolver, ``runtime/source.py``) and the model's bundle, if any.
+
+    One policy of eval's own: weights run in torch, the reference implementation published numbers come from,
+    unless ``backend`` says otherwise (``upscale`` would run them in numpy on the CPU; same outputs to 1e-6)."""
+    source = classify(model)
+    if backend is None and source.is_weights:
+        backend = "torch"
+    opened = open_backend(model, backend, device=device, precision=precision, preset=preset, scan_impl=scan_impl,
+                          param_key=param_key)  # fmt: skip
+    return opened, source.bundle
 
 
 def super_resolve(model: MambaSR, lr: np.ndarray, *, scan_impl: str | None = None) -> np.ndarray:

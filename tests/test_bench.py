@@ -19,19 +19,18 @@ from mambaesr_edge.bench_report import (
 )
 from mambaesr_edge.cli import main
 from mambaesr_edge.power import PollingSampler, Sample
+from mambaesr_edge.runtime.backends import BackendInfo
 
 
 class FakeBackend:
     """Satisfies the Backend protocol; `delays` (seconds) cycle over the calls; `meter` sees busy/idle."""
 
-    name = "fake"
     scale = 2
 
     def __init__(self, delays=(0.0,), meter=None, input_hw=None, max_batch=None, interrupt_at=None):
+        self.info = BackendInfo(name="fake", scale=self.scale, input_hw=input_hw, max_batch=max_batch)
         self.delays = delays
         self.meter = meter
-        self.input_hw = input_hw
-        self.max_batch = max_batch
         self.interrupt_at = interrupt_at
         self.calls = 0
         self.syncs = 0
@@ -224,7 +223,8 @@ def test_cli_bench_tiny_model(tmp_path, capsys):
     assert code == 0, printed
     assert "power: unavailable (no sampler on this machine)" in printed
     report = json.loads((out / "tiny.json").read_text())
-    assert report["settings"]["backend"] == "onnxruntime" and report["settings"]["samples_completed"] == 20
+    # a random-init --preset network: the backend `upscale --preset` would run (torch), not ONNX Runtime
+    assert report["settings"]["backend"] == "torch" and report["settings"]["samples_completed"] == 20
     assert report["meta"]["profile"] == "x86-cpu" and report["meta"]["command"].startswith("mambaesr-edge bench")
     assert report["meta"]["model"]["weights"] == "random init (test preset)"
     _assert_png(out / "tiny.png")

@@ -36,8 +36,7 @@ class HostOnly:
 
     def __init__(self, backend: TorchBackend) -> None:
         self.inner = backend
-        self.name, self.scale, self.precision = backend.name, backend.scale, backend.precision
-        self.input_hw, self.max_batch = backend.input_hw, backend.max_batch
+        self.info = backend.info.replace(tensor_io=False)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.inner.run(batch)
@@ -60,10 +59,9 @@ class OomAboveBatch(TorchBackend):
 class BrokenFp16:
     """A torch backend that says fp16 and returns NaN (the fp16 overflow symptom), on any device."""
 
-    name, precision, input_hw, max_batch = "torch", "fp16", None, None
-
     def __init__(self, backend: TorchBackend) -> None:
-        self.inner, self.scale, self.device = backend, backend.scale, backend.device
+        self.inner = backend
+        self.info = backend.info.replace(precision="fp16")
 
     def run_tensor(self, x):
         with torch.inference_mode():
@@ -98,9 +96,9 @@ def image_hwc(h: int, w: int, seed: int = 0, dtype=np.uint8) -> np.ndarray:
 @pytest.mark.parametrize("hw, tile, overlap, batch", CASES)
 def test_device_tiling_matches_the_numpy_path(backend, hw, tile, overlap, batch, blend):
     image = image_chw(*hw, seed=hw[0] * 100 + hw[1])
-    expected = tiled_apply(image, backend.run, tile_hw=tile, overlap=overlap, scale=backend.scale, batch_size=batch, blend=blend)
+    expected = tiled_apply(image, backend.run, tile_hw=tile, overlap=overlap, scale=backend.info.scale, batch_size=batch, blend=blend)
     plan = plan_tiles(hw, tile, overlap)
-    out = tiled_apply_tensor(torch.from_numpy(image), backend.run_tensor, plan, scale=backend.scale, blend=blend, batch_size=batch)
+    out = tiled_apply_tensor(torch.from_numpy(image), backend.run_tensor, plan, scale=backend.info.scale, blend=blend, batch_size=batch)
     assert out.dtype == torch.float32 and tuple(out.shape) == expected.shape == (3, hw[0] * 4, hw[1] * 4)
     assert np.abs(out.numpy() - expected).max() < TOL
 

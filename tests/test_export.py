@@ -3,6 +3,7 @@ fakes, and the CLI end to end. Uses the `test` preset with random weights at a 1
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import types
@@ -18,7 +19,16 @@ pytest.importorskip("onnxruntime")
 from mambaesr_edge.checkpoint import load_model, save_weights, sha256_file  # noqa: E402
 from mambaesr_edge.cli import main  # noqa: E402
 from mambaesr_edge.export import tensorrt as trt_support  # noqa: E402
-from mambaesr_edge.export.bundle import BundleError, ExportOptions, export_bundle, read_bundle  # noqa: E402
+from mambaesr_edge.bundle import (  # noqa: E402
+    Bundle,
+    BundleError,
+    OnnxFile,
+    EngineEnvironment,
+    bundle_engine_problems,
+    read_bundle,
+    write_engine_manifest,
+)
+from mambaesr_edge.export.writer import ExportOptions, export_bundle  # noqa: E402
 from mambaesr_edge.export.cost import analytic_macs_per_pixel, graph_cost, roofline  # noqa: E402
 from mambaesr_edge.export.onnx import FORBIDDEN_OPS, FP32_PREFIX, OnnxExportError, check_graph, export_onnx, read_metadata  # noqa: E402
 from mambaesr_edge.export.parity import ParityError, ort_session  # noqa: E402
@@ -58,7 +68,7 @@ def bundle(weights, tmp_path_factory) -> Path:
 def test_bundle_files_and_manifest(bundle, weights):
     for name in ("model.onnx", "model_fp16.onnx", "bundle.json", "parity.json", "cost.json", "build_engine.sh"):
         assert (bundle / name).is_file(), name
-    manifest = read_bundle(bundle)
+    manifest = read_bundle(bundle).to_dict()
     assert manifest["format"] == "mambaesr-edge-bundle/1"
     assert (manifest["profile"], manifest["tile"], manifest["batch"], manifest["scale"]) == ("orin-nano", TILE, 1, 4)
     assert manifest["input_name"] == "lr" and manifest["output_name"] == "sr" and manifest["dynamic_hw"] is False
@@ -228,7 +238,7 @@ def test_dynamic_refused_for_multi_order_models(tmp_path):
 def test_sabotaged_graph_fails_parity_and_leaves_no_bundle(model, tmp_path, monkeypatch):
     """Perturb one weight in the exported ONNX (what a broken exporter would do): parity must refuse it."""
     net, loaded = model
-    import mambaesr_edge.export.bundle as bundle_module
+    import mambaesr_edge.export.writer as bundle_module
 
     real_export = bundle_module.export_onnx
 
@@ -286,7 +296,7 @@ def test_cli_force_replaces_and_cpu_profile_has_no_engine_script(weights, tmp_pa
     args = ["export", "--device", "x86-cpu", "--preset", "test", "--weights", str(weights), "--out", str(out), "--tile", str(TILE)]
     assert main([*args, "--no-simplify", "--force"]) == 0
     assert not (out / "stale.txt").exists() and not (out / "build_engine.sh").exists() and not (out / "model_fp16.onnx").exists()
-    manifest = read_bundle(out)
+    manifest = read_bundle(out).to_dict()
     assert manifest["precision"] == "fp32" and manifest["onnx_fp16"] is None
     assert "onnxruntime-cpu" in manifest["tensorrt"]["status"]
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
@@ -302,10 +312,11 @@ def test_bundle_error_is_a_user_error(tmp_path):
 # ---------------------------------------------------------------- TensorRT (no TensorRT here: fakes)
 
 
-def _manifest(**changes) -> dict:
-    base = {"batch": 1, "tile": 64, "dynamic_hw": False, "max_tokens": None, "input_name": "lr",
-            "onnx": {"file": "model.onnx"}, "onnx_fp16": {"file": "model_fp16.onnx"}}  # fmt: skip
-    return {**base, **changes}
+def _manifest(**changes) -> Bundle:
+    base = Bundle(root=Path("."), config=get_preset("test"), profile="orin-nano", precision="fp16", tile=64, overlap=8,
+                  batch=1, dynamic_hw=False, input_name="lr", output_name="sr", onnx=OnnxFile("model.onnx", "0" * 64, 17),
+                  onnx_fp16=OnnxFile("model_fp16.onnx", "1" * 64, 17), weights_sha256="2" * 64)  # fmt: skip
+    return dataclasses.replace(base, **changes)
 
 
 def test_profile_to_builder_settings():
@@ -465,25 +476,32 @@ def test_build_engine_with_fake_tensorrt(bundle, tmp_path, version):
     assert conv.precision is None and shape.precision is None
 
 
+def check_engine(work, trt_version, gpu_name, capability):
+    """The one staleness rule (mambaesr_edge.bundle), as build-engine asks it."""
+    return bundle_engine_problems(read_bundle(work), EngineEnvironment(gpu_name, capability, trt_version))
+
+
 def test_engine_staleness(bundle, tmp_path):
     work = tmp_path / "bundle"
     shutil.copytree(bundle, work)
-    assert trt_support.check_engine(work, "10.3.0", "Orin", "8.7") == ["no engine: model.engine is missing"]
+    assert check_engine(work, "10.3.0", "Orin", "8.7") == ["no engine: model.engine is missing"]
     fake = _fake_trt("10.3.0", {})
-    manifest = read_bundle(work)
-    settings = trt_support.engine_settings(load_profile("orin-nano"), manifest)
+    contents = read_bundle(work)
+    manifest = contents.to_dict()
+    settings = trt_support.engine_settings(load_profile("orin-nano"), contents)
     trt_support.build_engine(work, settings, trt=fake)
-    assert "no manifest" in trt_support.check_engine(work, "10.3.0", "Orin", "8.7")[0]
-    trt_support.write_manifest(
-        work, trt_support.engine_manifest(work, manifest, settings, trt_version="10.3.0", gpu_name="Orin", compute_capability="8.7")
+    assert "no manifest" in check_engine(work, "10.3.0", "Orin", "8.7")[0]
+    write_engine_manifest(
+        work / "model.engine.json",
+        trt_support.engine_manifest(contents, settings, trt_version="10.3.0", gpu_name="Orin", compute_capability="8.7"),
     )
     saved = json.loads((work / "model.engine.json").read_text())
     assert saved["onnx_sha256"] == sha256_file(work / "model_fp16.onnx") and saved["precision"] == "fp16"
     assert saved["shapes"]["opt"] == [1, 3, TILE, TILE] and saved["weights_sha256"] == manifest["weights_sha256"]
-    assert trt_support.check_engine(work, "10.3.0", "Orin", "8.7") == []
+    assert check_engine(work, "10.3.0", "Orin", "8.7") == []
 
     def reasons(*args):
-        return " | ".join(trt_support.check_engine(work, *args))
+        return " | ".join(check_engine(work, *args))
 
     assert "GPU changed" in reasons("10.3.0", "NVIDIA GeForce RTX 3060", "8.7")
     assert "compute capability changed" in reasons("10.3.0", "Orin", "7.2")
@@ -517,10 +535,11 @@ def test_real_tensorrt_build(bundle, tmp_path):
     gpu, capability = trt_support.detect_gpu()
     settings = trt_support.engine_settings(load_profile("orin-nano"), read_bundle(work))
     assert trt_support.build_engine(work, settings, trt=trt)
-    trt_support.write_manifest(
-        work, trt_support.engine_manifest(work, read_bundle(work), settings, trt_version=trt.__version__, gpu_name=gpu, compute_capability=capability)
+    write_engine_manifest(
+        work / "model.engine.json",
+        trt_support.engine_manifest(read_bundle(work), settings, trt_version=trt.__version__, gpu_name=gpu, compute_capability=capability),
     )
-    assert trt_support.check_engine(work, trt.__version__, gpu, capability) == []
+    assert check_engine(work, trt.__version__, gpu, capability) == []
 
 
 def test_missing_onnx_names_the_extra(monkeypatch):

@@ -168,7 +168,7 @@ CASES = [
     Case("safetensors-huge-header", folder_gen(hc.safetensors_huge_header), up_with_weights(), 2, "header too large"),
     Case("safetensors-bad-config", lambda ctx: hc.safetensors_bad_config(ctx.weights, ctx.folder),
          up_with_weights(), 2, "invalid model config"),
-    Case("weights-missing", lambda ctx: ctx.folder / "missing.safetensors", up_with_weights(), 2, "model not found"),
+    Case("weights-missing", lambda ctx: ctx.folder / "missing.safetensors", up_with_weights(), 2, "weights file not found"),
     # -- ONNX, bundles, engines
     Case("onnx-missing-external-data", folder_gen(hc.make_onnx_missing_external_data), up_with_weights(), 2,
          "external data file(s) that are not there: external.onnx.data"),

@@ -64,19 +64,19 @@ def test_saved_weights_match_torch_across_blocks_and_threads(tmp_path, residual)
 
 
 def test_open_backend_picks_numpy_on_the_cpu_unless_torch_is_asked_for(tmp_path):
-    assert open_backend(None).name == "numpy"  # the shipped default
+    assert open_backend(None).info.name == "numpy"  # the shipped default
     model = MambaSR(get_preset("test")).eval()
     weights = save_weights(model, tmp_path / "w.safetensors")
     backend = open_backend(weights)
-    assert isinstance(backend, NumpyBackend) and backend.scale == 4 and backend.config == model.config
-    assert open_backend(weights, "torch").name == "torch"
-    assert open_backend(weights, scan_impl="chunked").name == "torch"  # a scan implementation is a torch setting
-    assert open_backend(weights, preset="test").name == "torch"  # torch's loader checks weights against a preset
+    assert isinstance(backend, NumpyBackend) and backend.info.scale == 4 and backend.info.config == model.config
+    assert open_backend(weights, "torch").info.name == "torch"
+    assert open_backend(weights, scan_impl="chunked").info.name == "torch"  # a scan implementation is a torch setting
+    assert open_backend(weights, preset="test").info.name == "torch"  # torch's loader checks weights against a preset
     four_way = save_weights(MambaSR(get_preset("test", scan_orders=("raster", "column"))), tmp_path / "four.safetensors")
     assert not supports(get_preset("test", scan_orders=("raster", "column")))
-    assert numpy_config(four_way, None) is None and open_backend(four_way).name == "torch"
+    assert numpy_config(four_way, None) is None and open_backend(four_way).info.name == "torch"
     torch.save(model.state_dict(), tmp_path / "w.pth")
-    assert open_backend(tmp_path / "w.pth", preset="test").name == "torch"
+    assert open_backend(tmp_path / "w.pth", preset="test").info.name == "torch"
 
 
 def test_upscale_of_the_default_model_never_imports_torch(tmp_path):

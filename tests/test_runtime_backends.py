@@ -18,11 +18,8 @@ from mambaesr_edge.presets import get_preset
 from mambaesr_edge.runtime import Backend, Upscaler, open_backend
 from mambaesr_edge.runtime.backends import resolve_backend_name
 from mambaesr_edge.runtime.backends.torch import TorchBackend
-from mambaesr_edge.runtime.bundle import (
-    EngineEnvironment,
-    engine_manifest_problems,
-    read_bundle,
-)
+from mambaesr_edge.bundle import EngineEnvironment, read_bundle
+from mambaesr_edge.bundle import engine_problems as engine_manifest_problems
 from mambaesr_edge.runtime.errors import BackendError, BundleError
 
 TILE = 16
@@ -102,7 +99,7 @@ def test_backend_names_follow_the_path(tmp_path, bundle):
 
 def test_torch_backend_from_weights(weights, model):
     backend = open_backend(weights, "torch")  # without a backend, the CPU default for these weights is numpy
-    assert isinstance(backend, Backend) and backend.name == "torch" and backend.scale == 4
+    assert isinstance(backend, Backend) and backend.info.name == "torch" and backend.info.scale == 4
     x = np.random.default_rng(0).random((2, 3, 8, 9), dtype=np.float32)
     with torch.inference_mode():
         expected = model(torch.from_numpy(x)).numpy()
@@ -114,8 +111,8 @@ def test_torch_backend_from_weights(weights, model):
 def test_onnxruntime_static_graph_reads_its_shape_and_splits_batches(static_onnx, model):
     backend = open_backend(static_onnx)
     assert isinstance(backend, Backend)
-    assert backend.name == "onnxruntime" and backend.input_hw == (TILE, TILE) and backend.max_batch == 1
-    assert backend.scale == 4  # probed: the graph has no metadata
+    assert backend.info.name == "onnxruntime" and backend.info.input_hw == (TILE, TILE) and backend.info.max_batch == 1
+    assert backend.info.scale == 4  # probed: the graph has no metadata
     x = np.random.default_rng(1).random((3, 3, TILE, TILE), dtype=np.float32)
     with torch.inference_mode():
         expected = model(torch.from_numpy(x)).numpy()
@@ -128,7 +125,7 @@ def test_onnxruntime_dynamic_graph_reads_symbolic_dims(model, tmp_path):
     """Symbolic N/H/W -> any size. (A traced chunked scan fixes the token count L = h*w, so this graph only runs at
     h*w = 256; real dynamic H/W is the exporter's business - the backend just has to read the shape right.)"""
     backend = open_backend(export_onnx(model, tmp_path / "dyn.onnx", dynamic=True))
-    assert backend.input_hw is None and backend.max_batch is None
+    assert backend.info.input_hw is None and backend.info.max_batch is None
     x = np.random.default_rng(2).random((2, 3, 8, 32), dtype=np.float32)
     with torch.inference_mode():
         expected = model(torch.from_numpy(x)).numpy()
@@ -137,7 +134,7 @@ def test_onnxruntime_dynamic_graph_reads_symbolic_dims(model, tmp_path):
 
 def test_upscaler_on_a_bundle_uses_its_tile_and_matches_torch(bundle, weights):
     up = Upscaler.from_path(bundle, free_bytes=GB)
-    assert up.backend.name == "onnxruntime"
+    assert up.backend.info.name == "onnxruntime"
     assert up.settings.tile == (TILE, TILE) and up.settings.overlap == 4 and up.settings.batch == 2
     reference = Upscaler.from_path(weights, tile=TILE, overlap=4, free_bytes=GB)
     image = np.random.default_rng(3).integers(0, 256, (21, 30, 3)).astype(np.uint8)
@@ -225,6 +222,6 @@ def test_tensorrt_engine_in_a_bundle_runs(tmp_path):  # pragma: no cover - needs
     if not (engine_bundle / "model.engine").is_file():
         pytest.skip("set MAMBAESR_ENGINE_BUNDLE to a bundle with a model.engine built on this device")
     backend = open_backend(engine_bundle, "tensorrt", device="cuda")
-    x = np.random.default_rng(0).random((1, 3, *backend.input_hw), dtype=np.float32)
+    x = np.random.default_rng(0).random((1, 3, *backend.info.input_hw), dtype=np.float32)
     reference = open_backend(engine_bundle, "onnxruntime")
     assert np.abs(backend.run(x) - reference.run(x)).max() < 0.05

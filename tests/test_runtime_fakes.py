@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 
+from mambaesr_edge.runtime.backends import BackendInfo
+
 
 class FakeBackend:
     """Nearest-neighbour x``scale``; optional sleep per pixel, OOM above a tile size, fp16-style failures."""
-
-    name = "fake"
 
     def __init__(
         self,
@@ -25,12 +25,11 @@ class FakeBackend:
         failure: str | None = None,  # "nan" or "black": every output is broken
         raise_on_call: int | None = None,  # raise RuntimeError on this call number (1-based)
     ) -> None:
+        self.info = BackendInfo(name="fake", scale=scale, precision=precision, input_hw=input_hw, max_batch=max_batch)
         self.scale = scale
         self.input_hw = input_hw
-        self.max_batch = max_batch
         self.seconds_per_pixel = seconds_per_pixel
         self.oom_above_pixels = oom_above_pixels
-        self.precision = precision
         self.failure = failure
         self.raise_on_call = raise_on_call
         self._lock = threading.Lock()

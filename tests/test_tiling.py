@@ -222,10 +222,13 @@ def test_rectangular_tiles_cover_every_pixel_and_weights_sum_to_one(geo, scale, 
     np.testing.assert_allclose(out, 1.0, rtol=0, atol=1e-6)
 
 
+from mambaesr_edge.runtime.backends import BackendInfo  # noqa: E402
+
+
 class NearestBackend:
     """A Backend (docs/interfaces.md) whose model is a nearest-neighbour x2: the exact answer is known."""
 
-    name, scale, input_hw, max_batch, precision = "nearest", 2, None, None, "fp32"
+    info = BackendInfo(name="nearest", scale=2)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return batch.repeat(2, axis=2).repeat(2, axis=3)

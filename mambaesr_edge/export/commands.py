@@ -35,7 +35,7 @@ def export_command(
     """Export ONNX (+ fp16 variant) for a device, prove it against PyTorch, model its cost, and build or script the engine."""
     from ..checkpoint import load_model
     from ..profiles import load_profile
-    from .bundle import ExportOptions, export_bundle
+    from .writer import ExportOptions, export_bundle
     from .parity import ParityError
 
     profile = load_profile(device)
@@ -139,21 +139,21 @@ def build_engine_command(
     manifest_only: bool = typer.Option(False, "--manifest-only", help="Only record model.engine.json for an engine built by trtexec."),
 ) -> None:
     """Build the bundle's TensorRT engine here with the Python API (on the target device), or say why it is up to date."""
+    from ..bundle import EngineEnvironment, bundle_engine_problems, read_bundle, write_engine_manifest
     from ..profiles import load_profile
     from . import tensorrt as trt_support
-    from .bundle import read_bundle
 
-    manifest = read_bundle(bundle)
-    profile = load_profile(device or manifest["profile"])
+    contents = read_bundle(bundle)
+    profile = load_profile(device or contents.profile)
     trt = trt_support.require_tensorrt()
     gpu_name, capability = trt_support.detect_gpu()
-    settings = trt_support.engine_settings(profile, manifest)
+    settings = trt_support.engine_settings(profile, contents)
     if profile.tensorrt and trt_support.parse_version(trt.__version__)[:2] != trt_support.parse_version(profile.tensorrt)[:2]:
         err_console.print(f"note: profile {profile.name} expects TensorRT {profile.tensorrt}, this is {trt.__version__}", highlight=False)
     if not manifest_only:
-        reasons = trt_support.check_engine(bundle, trt.__version__, gpu_name, capability)
+        reasons = bundle_engine_problems(contents, EngineEnvironment(gpu_name, capability, trt.__version__))
         if not reasons and not force:
-            console.print(f"{bundle / trt_support.ENGINE_FILE} is up to date (TensorRT {trt.__version__}, {gpu_name})", highlight=False)
+            console.print(f"{contents.engine_path} is up to date (TensorRT {trt.__version__}, {gpu_name})", highlight=False)
             return
         for reason in reasons:
             console.print(f"rebuilding: {reason}", highlight=False)
@@ -162,9 +162,9 @@ def build_engine_command(
         from ..errors import MambaESRError
 
         raise MambaESRError(f"no {settings.engine_file} in {bundle}", hint="run build_engine.sh (trtexec) first, or drop --manifest-only")
-    manifest_path = trt_support.write_manifest(
-        bundle,
-        trt_support.engine_manifest(bundle, manifest, settings, trt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability),
+    manifest_path = write_engine_manifest(
+        contents.engine_manifest_path,
+        trt_support.engine_manifest(contents, settings, trt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability),
     )
     console.print(f"engine {bundle / settings.engine_file} and {manifest_path.name} written", highlight=False)
 

@@ -28,6 +28,7 @@ __all__ = [
     "BACKENDS",
     "PRECISIONS",
     "POWER_SAMPLERS",
+    "RUNTIMES",
     "DeviceProfile",
     "list_profiles",
     "load_profile",
@@ -36,6 +37,14 @@ __all__ = [
 ]
 
 BACKENDS = ("tensorrt", "onnxruntime-cpu", "onnxruntime-cuda", "torch")
+# a profile's `backend` -> (runtime backend, device) it runs on; "auto": CUDA when usable, else the CPU
+RUNTIMES: dict[str, tuple[str, str]] = {
+    "tensorrt": ("tensorrt", "cuda"),
+    "onnxruntime-cpu": ("onnxruntime", "cpu"),
+    "onnxruntime-cuda": ("onnxruntime", "cuda"),
+    "torch": ("torch", "auto"),
+}
+assert set(RUNTIMES) == set(BACKENDS)
 PRECISIONS = ("fp16", "fp32")
 POWER_SAMPLERS = ("tegrastats", "jtop", "nvml", "none")
 MIN_TILE = 8
@@ -68,6 +77,16 @@ class DeviceProfile:
     peak_bandwidth_gbs: float
     peak_tflops_fp16: float
     peak_tflops_fp32: float
+
+    @property
+    def runtime_backend(self) -> str:
+        """The runtime backend this profile deploys with: tensorrt, onnxruntime or torch."""
+        return RUNTIMES[self.backend][0]
+
+    @property
+    def runtime_device(self) -> str:
+        """Where that backend runs: cuda, cpu, or auto (CUDA when usable)."""
+        return RUNTIMES[self.backend][1]
 
     @property
     def peak_tflops(self) -> float:

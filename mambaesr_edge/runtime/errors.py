@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError, MambaESRError
+from ..errors import BackendError, BundleError, ConfigError, EngineMismatchError, MambaESRError
 
 __all__ = [
     "BackendError",
@@ -14,20 +14,8 @@ __all__ = [
 ]
 
 
-class BackendError(MambaESRError):
-    """A backend cannot be opened or failed to run (missing provider, bad model file, wrong input shape)."""
-
-
 class BackendOutOfMemoryError(BackendError):
     """The backend ran out of memory, even after shrinking batch and tile (see runtime/adapt.py)."""
-
-
-class BundleError(MambaESRError):
-    """An export bundle is missing files, has an invalid bundle.json, or its files do not match their checksums."""
-
-
-class EngineMismatchError(BundleError):
-    """A TensorRT engine was built for another GPU, TensorRT version or other weights than the ones here."""
 
 
 class NumericalError(MambaESRError):

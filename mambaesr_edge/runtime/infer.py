@@ -1,6 +1,6 @@
 """One image through a backend: tile -> batch -> run -> check -> blend, with out-of-memory retries.
 
-Where: a backend with ``run_tensor`` (the torch backend, CPU or CUDA) gets the image on its device once and
+Where: a backend with ``info.tensor_io`` (the torch backend, CPU or CUDA: ``run_tensor``) gets the image on its device once and
 everything else happens there (``device_tiling.tiled_apply_tensor``): ``upscale`` returns that device tensor, so
 the caller can convert it there too (``frames.postprocess``). Other backends (ONNX Runtime, TensorRT) take numpy
 batches: tiles are cut and blended on the host (``tiling``). Both paths use the same plan, windows and checks.
@@ -31,6 +31,7 @@ from .adapt import (
     record,
     shrink_after_oom,
 )
+from .backends.base import Backend
 from .errors import BackendError, NumericalError
 from .tiling import TilePlan, blend_tiles, make_batches, pad_image, plan_tiles
 
@@ -71,12 +72,12 @@ def check_output_tensor(batch_in, batch_out, precision: str) -> str | None:
     return None
 
 
-def on_device(backend) -> bool:
-    """Whether ``backend`` runs torch tensors on its own device (``run_tensor``, ``device``): the device-tiled path."""
-    return callable(getattr(backend, "run_tensor", None))
+def on_device(backend: Backend) -> bool:
+    """Whether ``backend`` runs torch tensors on its own device (``info.tensor_io``): the device-tiled path."""
+    return backend.info.tensor_io
 
 
-def _run(backend, batch):
+def _run(backend: Backend, batch):
     """``backend.run`` for a numpy batch; ``backend.run_tensor`` for a tensor (host round trip for a numpy-only fallback)."""
     if isinstance(batch, np.ndarray):
         return backend.run(batch)
@@ -87,7 +88,7 @@ def _run(backend, batch):
     return torch.from_numpy(backend.run(batch.cpu().numpy())).to(batch.device)
 
 
-def run_checked(backend, fallback, batch, precision: str, decisions: list[Decision] | None):
+def run_checked(backend: Backend, fallback: Backend | None, batch, precision: str, decisions: list[Decision] | None):
     """``backend.run(batch)`` plus shape and numerical checks (fp16 -> fp32 fallback on NaN/black).
 
     ``batch``: float32 (N, 3, h, w) numpy, or a torch tensor on the backend's device (run with ``run_tensor`` and
@@ -96,10 +97,10 @@ def run_checked(backend, fallback, batch, precision: str, decisions: list[Decisi
     check = check_output if isinstance(batch, np.ndarray) else check_output_tensor
     out = _run(backend, batch)
     n, c, h, w = batch.shape
-    s = backend.scale
+    s = backend.info.scale
     if tuple(out.shape) != (n, c, h * s, w * s):
         raise BackendError(
-            f"{backend.name} returned shape {tuple(out.shape)} for input {tuple(batch.shape)} (expected x{s})",
+            f"{backend.info.name} returned shape {tuple(out.shape)} for input {tuple(batch.shape)} (expected x{s})",
             hint="the model file does not match its declared scale; re-export it",
         )
     problem = check(batch, out, precision)
@@ -111,7 +112,7 @@ def run_checked(backend, fallback, batch, precision: str, decisions: list[Decisi
         if check(batch, out, "fp32") is None:
             return out
     raise NumericalError(
-        f"the {backend.name} backend produced {'NaN/Inf' if problem == 'nan' else 'an all-black image'} ({precision})",
+        f"the {backend.info.name} backend produced {'NaN/Inf' if problem == 'nan' else 'an all-black image'} ({precision})",
         hint="use --fp32; if it persists the model file is broken (re-export it)",
     )
 
@@ -128,11 +129,12 @@ def effective_plan(image_hw: tuple[int, int], settings: TileSettings, fixed_inpu
     return plan_tiles(image_hw, tile, overlap)
 
 
-def _batch_size(backend, settings: TileSettings) -> int:
-    return min(settings.batch, backend.max_batch) if backend.max_batch else settings.batch
+def _batch_size(backend: Backend, settings: TileSettings) -> int:
+    limit = backend.info.max_batch
+    return min(settings.batch, limit) if limit else settings.batch
 
 
-def _tile_outputs(backend, fallback, padded: np.ndarray, plan: TilePlan, settings: TileSettings, decisions) -> Iterator[tuple[int, np.ndarray]]:
+def _tile_outputs(backend: Backend, fallback: Backend | None, padded: np.ndarray, plan: TilePlan, settings: TileSettings, decisions) -> Iterator[tuple[int, np.ndarray]]:
     for batch in make_batches([(0, padded, plan)], _batch_size(backend, settings)):
         out = run_checked(backend, fallback, batch.tiles, settings.precision, decisions)
         for ref, tile_out in zip(batch.refs, out):
@@ -159,56 +161,57 @@ def check_output_fits(image_hw: tuple[int, int], scale: int, free_bytes: int | N
 
 
 def upscale(
-    backend,
+    backend: Backend,
     image: np.ndarray,
     settings: TileSettings,
     *,
-    fallback=None,
+    fallback: Backend | None = None,
     decisions: list[Decision] | None = None,
     frame: int | None = None,
 ):
     """Upscale a float32 (3, H, W) RGB image in [0, 1]; returns ((3, s*H, s*W) float32 unclamped, settings used).
 
-    The result is a torch tensor on the backend's device for a ``run_tensor`` backend (tiled and blended there,
+    The result is a torch tensor on the backend's device for a ``tensor_io`` backend (tiled and blended there,
     ``on_device``), else a numpy array (tiled and blended on the host). Out-of-memory errors shrink batch then tile
     (``adapt.shrink_after_oom``) and retry the whole image.
     """
     image_hw = (int(image.shape[1]), int(image.shape[2]))
-    check_output_fits(image_hw, backend.scale, free_memory_bytes("cpu"))
+    info = backend.info
+    check_output_fits(image_hw, info.scale, free_memory_bytes("cpu"))
     if on_device(backend):
         import torch
 
         from .device_tiling import tiled_apply_tensor
 
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(backend.device)  # (3, H, W)
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(info.device)  # (3, H, W)
 
         def attempt(plan: TilePlan, settings: TileSettings):
             def run(tiles):  # (n, 3, th, tw) on the device -> (n, 3, s*th, s*tw) there, checked
                 return run_checked(backend, fallback, tiles, settings.precision, decisions)
 
-            return tiled_apply_tensor(x, run, plan, scale=backend.scale, blend=settings.blend, batch_size=_batch_size(backend, settings))
+            return tiled_apply_tensor(x, run, plan, scale=info.scale, blend=settings.blend, batch_size=_batch_size(backend, settings))
     else:
 
         def attempt(plan: TilePlan, settings: TileSettings):
             outputs = _tile_outputs(backend, fallback, pad_image(image, plan), plan, settings, decisions)
-            return blend_tiles(plan, outputs, backend.scale, settings.blend, channels=image.shape[0])
+            return blend_tiles(plan, outputs, info.scale, settings.blend, channels=image.shape[0])
 
     while True:
         try:
-            return attempt(effective_plan(image_hw, settings, backend.input_hw), settings), settings
+            return attempt(effective_plan(image_hw, settings, info.input_hw), settings), settings
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            settings = shrink_after_oom(settings, image_hw, fixed_input_hw=backend.input_hw, exc=exc, decisions=decisions, frame=frame)
+            settings = shrink_after_oom(settings, image_hw, fixed_input_hw=info.input_hw, exc=exc, decisions=decisions, frame=frame)
         _release_cached_gpu_memory()  # outside the except block: the failed attempt's tensors are garbage by now
 
 
 def upscale_chw(
-    backend,
+    backend: Backend,
     image: np.ndarray,
     settings: TileSettings,
     *,
-    fallback=None,
+    fallback: Backend | None = None,
     decisions: list[Decision] | None = None,
     frame: int | None = None,
 ) -> tuple[np.ndarray, TileSettings]:

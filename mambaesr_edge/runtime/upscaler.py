@@ -26,45 +26,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from ..bundle import Bundle
 from ..errors import ConfigError
+from ..profiles import DeviceProfile, load_profile
 from .adapt import Decision, TileSettings, choose_settings, free_memory_bytes
-from .backends import open_backend
-from .bundle import is_bundle, read_bundle
+from .backends.base import Backend, BackendInfo
+from .backends.select import open_planned, plan_for
+from .backends.torch import TorchBackend
 from .frames import check_channel_order, postprocess, preprocess
 from .infer import upscale, upscale_chw
+from .source import SourceKind, classify, cuda_usable
 from .stream import FrameStream
 from .tiling import BLENDS
 
-__all__ = ["PROFILE_BACKENDS", "Upscaler"]
+__all__ = ["Upscaler"]
 
 log = logging.getLogger(__name__)
 
-# device profile backend -> (backend, device)
-PROFILE_BACKENDS = {
-    "tensorrt": ("tensorrt", "cuda"),
-    "onnxruntime-cpu": ("onnxruntime", "cpu"),
-    "onnxruntime-cuda": ("onnxruntime", "cuda"),
-    "torch": ("torch", "auto"),
-}
 
-
-def _model_dims(backend) -> dict:
-    config = getattr(backend, "config", None) or getattr(getattr(backend, "model", None), "config", None)
-    if config is None:
-        return {"scale": backend.scale}
-    return {"d_inner": config.d_inner, "d_state": config.d_state, "scale": config.scale}
-
-
-def _device_of(backend) -> str:
-    device = getattr(backend, "device", None)
-    if device is not None:
-        return str(device)
-    providers = getattr(backend, "providers", None) or ["CPUExecutionProvider"]
-    return "cpu" if providers[0] == "CPUExecutionProvider" else "cuda"
+def _model_dims(info: BackendInfo) -> dict:
+    if info.config is None:
+        return {"scale": info.scale}
+    return {"d_inner": info.config.d_inner, "d_state": info.config.d_state, "scale": info.scale}
 
 
 class Upscaler:
@@ -72,40 +60,41 @@ class Upscaler:
 
     def __init__(
         self,
-        backend,
+        backend: Backend,
         *,
         tile: int | None = None,
         overlap: int | None = None,
         batch: int | None = None,
         blend: str = "cosine",
         channel_order: str = "rgb",
-        fallback=None,
-        profile: object | None = None,
+        fallback: Backend | None = None,
+        profile: DeviceProfile | Bundle | None = None,
         free_bytes: int | None = None,
     ) -> None:
-        """``tile``: LR tile size (0: whole image; None: the profile's, else chosen from free memory).
+        """``tile``: LR tile size (0: whole image; None: the profile's or bundle's, else chosen from free memory).
         ``free_bytes``: memory free for inference (None: measured now)."""
         if blend not in BLENDS:
             raise ConfigError(f"unknown blend {blend!r}", hint=f"use one of {', '.join(BLENDS)}")
+        info = backend.info
         startup: list[Decision] = []
-        measured = free_bytes if free_bytes is not None else free_memory_bytes(_device_of(backend))
+        measured = free_bytes if free_bytes is not None else free_memory_bytes(info.device)
         self.backend = backend
         self.fallback = fallback
-        self.scale = int(backend.scale)
+        self.scale = int(info.scale)
         self.channel_order = check_channel_order(channel_order)
         self.settings: TileSettings = choose_settings(
             tile=tile,
             overlap=overlap,
             batch=batch,
-            precision=getattr(backend, "precision", "fp32"),
+            precision=info.precision,
             blend=blend,
             profile=profile,
-            fixed_input_hw=backend.input_hw,
+            fixed_input_hw=info.input_hw,
             free_bytes=measured,
-            model_dims=_model_dims(backend),
+            model_dims=_model_dims(info),
             decisions=startup,
         )
-        self.settings = _fit_token_limit(self.settings, getattr(backend, "max_tokens", None), startup)
+        self.settings = _fit_token_limit(self.settings, info.max_tokens, startup)
         self.startup_decisions: tuple[Decision, ...] = tuple(startup)
 
     # ------------------------------------------------------------------ constructors
@@ -115,73 +104,44 @@ class Upscaler:
         model: str | Path | None = None,
         *,
         backend: str | None = None,
-        device: str = "cpu",
+        device: str | None = None,
         precision: str | None = None,
         preset: str | None = None,
         scan_impl: str = "auto",
         param_key: str | None = None,
         threads: int | None = None,
-        profile: object | None = None,
+        profile: DeviceProfile | None = None,
         **settings: object,
     ) -> Upscaler:
         """Open ``model`` (weights, .onnx, .engine, bundle folder; None: the shipped default) and wrap it.
 
-        A bundle's tile/overlap/batch are the defaults (unless a profile is given); keyword ``settings`` go to
-        ``Upscaler.__init__`` (tile, overlap, batch, blend, channel_order, free_bytes).
+        Backend, device and precision: as asked, else from ``profile``, else automatic (``runtime/source.py``, the
+        one resolver; a departure from the profile is logged as one warning line). A bundle's (or the profile's)
+        tile/overlap/batch are the defaults; keyword ``settings`` go to ``Upscaler.__init__`` (tile, overlap,
+        batch, blend, channel_order, free_bytes). fp16 gets an fp32 twin as ``fallback``.
         """
-        bundle = read_bundle(model) if model is not None and is_bundle(model) else None
-        defaults = profile or bundle
-        wanted = precision or getattr(defaults, "precision", None) or "fp32"
-        if wanted == "fp16" and device == "cpu":
-            if precision == "fp16":
-                raise ConfigError("fp16 needs a GPU device", hint="use --fp32 on CPU, or --device/--backend with CUDA")
-            log.info("precision fp16 from %s ignored on CPU: running fp32", "profile" if profile else "bundle")
-            wanted = "fp32"
-        kwargs = dict(device=device, preset=preset, scan_impl=scan_impl, param_key=param_key, threads=threads)
-        main = open_backend(model, backend, precision=wanted, **kwargs)
-        fallback = None
-        if wanted == "fp16":
-            if main.name == "torch":
-                from .backends.torch import TorchBackend
-
-                fallback = TorchBackend(main.model, device=str(main.device), precision="fp32", scan_impl=main.scan_impl)
-            else:
-                ort_device = device if main.name == "onnxruntime" or _cuda_usable("onnxruntime") else "cpu"
-                fallback = open_backend(model, "onnxruntime" if bundle else backend, precision="fp32", **{**kwargs, "device": ort_device})
-        return cls(main, fallback=fallback, profile=defaults, **settings)
+        source = classify(model)
+        plan = plan_for(source, backend, device=device, precision=precision, preset=preset, scan_impl=scan_impl,
+                        param_key=param_key, profile=profile)  # fmt: skip
+        if plan.note:
+            log.warning("%s", plan.note)
+        options = dict(preset=preset, scan_impl=scan_impl, param_key=param_key, threads=threads)
+        main = open_planned(source, plan, **options)
+        fallback = None  # a plain .onnx or engine runs in the precision it was built in: it has no twin
+        if plan.precision == "fp16" and isinstance(main, TorchBackend):
+            fallback = main.with_precision("fp32")
+        elif plan.precision == "fp16" and source.kind == SourceKind.BUNDLE:  # the bundle's fp32 graph
+            ort_device = plan.device if main.info.name == "onnxruntime" or cuda_usable("onnxruntime") else "cpu"
+            fallback = open_planned(source, replace(plan, backend="onnxruntime", device=ort_device, precision="fp32"), **options)
+        return cls(main, fallback=fallback, profile=profile or source.bundle, **settings)
 
     @classmethod
-    def from_profile(cls, profile: object, model: str | Path | None = None, **overrides: object) -> Upscaler:
-        """Backend, device, precision, tile, overlap, batch and memory budget from a device profile.
-
-        ``profile``: a name or path (``profiles.load_profile``) or a ``DeviceProfile``-like object.
-        """
+    def from_profile(cls, profile: DeviceProfile | str | Path, model: str | Path | None = None, **overrides: object) -> Upscaler:
+        """Backend, device, precision, tile, overlap, batch and memory budget from a device profile (a name, a .toml
+        path or a ``DeviceProfile``); ``overrides`` as for ``from_path``. What the profile asks for but cannot run
+        here (TensorRT absent, no GPU, weights instead of an export) is said in one warning line."""
         if isinstance(profile, (str, Path)):
-            try:
-                from ..profiles import load_profile
-            except ImportError as exc:
-                raise ConfigError("device profiles are not available in this install", hint="update mambaesr-edge") from exc
             profile = load_profile(profile)
-        backend_name, device = PROFILE_BACKENDS.get(getattr(profile, "backend", "torch"), ("torch", "auto"))
-        name = getattr(profile, "name", "?")
-        if model is None or Path(model).suffix.lower() in (".safetensors", ".pth", ".pt"):
-            if backend_name != "torch":  # weights, not an export: run them in torch with the profile's tiling
-                log.info("profile %s runs %s on exported models; %s runs in torch", name, backend_name, model or "the default model")
-            backend_name = "torch"
-            device = "auto"
-        elif backend_name == "tensorrt" and not _engine_usable(model):
-            backend_name = "onnxruntime"
-            log.warning("profile %s wants TensorRT but %s has no usable engine here: using ONNX Runtime", name, model)
-        if device in ("auto", "cuda") and not _cuda_usable(backend_name):
-            if device == "cuda":
-                log.warning("profile %s wants CUDA, which is not available here: running on CPU", name)
-            device = "cpu"
-        elif device == "auto":
-            device = "cuda"
-        if backend_name == "tensorrt":
-            device = "cuda"
-        overrides.setdefault("backend", backend_name)
-        overrides.setdefault("device", device)
         return cls.from_path(model, profile=profile, **overrides)
 
     # ------------------------------------------------------------------ inference
@@ -223,7 +183,7 @@ class Upscaler:
             settings=self.settings,
             target_fps=target_fps,
             allow_drop=allow_drop,
-            max_batch=self.backend.max_batch,
+            max_batch=self.backend.info.max_batch,
             queue_size=queue_size,
             pace=pace,
             indexed=indexed,
@@ -245,29 +205,3 @@ def _fit_token_limit(settings: TileSettings, max_tokens: int | None, decisions: 
     decisions.append(Decision("startup", f"{old} -> tile {side}", f"the model takes at most {max_tokens} tokens (h*w)"))
     log.info("%s", decisions[-1])
     return settings.replace(tile=(side, side), overlap=overlap)
-
-
-def _cuda_usable(backend_name: str) -> bool:
-    """Whether ``backend_name`` can use CUDA here (checked without importing anything heavy when absent)."""
-    import importlib.util
-
-    if backend_name == "onnxruntime":
-        if importlib.util.find_spec("onnxruntime") is None:
-            return False
-        import onnxruntime
-
-        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    if importlib.util.find_spec("torch") is None:
-        return False
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
-def _engine_usable(model: str | Path | None) -> bool:
-    import importlib.util
-
-    if model is None or importlib.util.find_spec("tensorrt") is None:
-        return False
-    path = Path(model)
-    return path.suffix in (".engine", ".plan") or (is_bundle(path) and (path / "model.engine").is_file())

@@ -18,6 +18,7 @@ from ...fileio import sha256_file
 from ...model_numpy import NumpyMambaSR, read_numpy_weights, supports
 from ...presets import ModelConfig
 from ...resources import default_weights_path
+from .base import BackendInfo
 
 __all__ = ["NumpyBackend", "numpy_config"]
 
@@ -41,17 +42,12 @@ def numpy_config(weights: str | Path | None, preset: str | None) -> ModelConfig 
 
 
 class NumpyBackend:
-    name = "numpy"
-    input_hw = None
-    max_batch = None
-    precision = "fp32"
-    device = "cpu"
-
-    def __init__(self, model: NumpyMambaSR, *, weights_sha256: str | None = None) -> None:
+    def __init__(self, model: NumpyMambaSR, *, weights_sha256: str | None = None, source: str = "") -> None:
         self.model = model
-        self.config = model.config
-        self.scale = int(model.scale)
-        self.weights_sha256 = weights_sha256
+        self.info = BackendInfo(
+            name="numpy", scale=int(model.scale), config=model.config, weights_sha256=weights_sha256, source=source,
+            detail=f"{model.threads} thread(s)",
+        )  # fmt: skip
 
     @classmethod
     def from_weights(cls, weights: str | Path | None = None, *, threads: int | None = None) -> NumpyBackend:
@@ -64,7 +60,8 @@ class NumpyBackend:
         if config is None:
             raise WeightsError(f"{path.name} carries no model config", hint="use --backend torch (with --preset)")
         log.info("numpy backend: %s", path.name)
-        return cls(NumpyMambaSR(config, arrays, threads=threads or 1), weights_sha256=sha256_file(path))
+        return cls(NumpyMambaSR(config, arrays, threads=threads or 1), weights_sha256=sha256_file(path),
+                   source=str(weights) if weights is not None else "shipped default")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.model(np.ascontiguousarray(batch, dtype=np.float32))
@@ -73,4 +70,4 @@ class NumpyBackend:
         """Computed on the host: nothing to wait for."""
 
     def __repr__(self) -> str:
-        return f"NumpyBackend(scale={self.scale}, threads={self.model.threads})"
+        return f"NumpyBackend(scale={self.info.scale}, threads={self.model.threads})"

@@ -12,7 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ...bundle import Bundle
+from ...presets import ModelConfig
+from ...errors import MambaESRError
 from ..errors import BackendError
+from .base import BackendInfo
 
 __all__ = ["OnnxRuntimeBackend", "providers_for"]
 
@@ -69,9 +73,23 @@ def _static(dim: object) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-class OnnxRuntimeBackend:
-    name = "onnxruntime"
+def graph_metadata(session) -> dict[str, str]:
+    """The mambaesr_edge.* metadata our exporter writes into a graph (prefix dropped); {} for other graphs."""
+    meta = session.get_modelmeta().custom_metadata_map
+    return {k.removeprefix("mambaesr_edge."): v for k, v in meta.items() if k.startswith("mambaesr_edge.")}
 
+
+def _config_of(meta: dict[str, str]) -> ModelConfig | None:
+    if "config" not in meta:
+        return None
+    try:
+        return ModelConfig.from_json(meta["config"])
+    except (ValueError, TypeError, KeyError, MambaESRError) as exc:
+        log.info("graph metadata holds no usable config: %s", exc)
+        return None
+
+
+class OnnxRuntimeBackend:
     def __init__(
         self,
         path: str | Path,
@@ -79,11 +97,10 @@ class OnnxRuntimeBackend:
         device: str = "cpu",
         scale: int | None = None,
         threads: int | None = None,
-        input_name: str | None = None,
-        output_name: str | None = None,
-        max_tokens: int | None = None,
+        bundle: Bundle | None = None,
     ) -> None:
-        """``max_tokens``: largest h*w a dynamic-H/W graph accepts (bundle.json's ``max_tokens``), None: no limit."""
+        """``bundle``: the bundle the graph belongs to (its names, scale, config, weights and, for a dynamic graph,
+        the largest h*w it takes, ``max_tokens``); None: read from the graph and its metadata."""
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -111,34 +128,42 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # onnxruntime raises its own pybind exception types for bad files
             raise BackendError(f"onnxruntime cannot load {path}: {exc}", hint="re-export the model") from exc
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        self.input_name = input_name or inputs[0].name
-        self.output_name = output_name or outputs[0].name
+        self.input_name = bundle.input_name if bundle is not None else inputs[0].name
+        self.output_name = bundle.output_name if bundle is not None else outputs[0].name
         spec = next((i for i in inputs if i.name == self.input_name), None)
         if spec is None or len(spec.shape) != 4:
             raise BackendError(f"{path}: no 4-D input named {self.input_name!r}", hint="export with input 'lr' (N,3,h,w)")
         self.input_dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
         n, _, h, w = (_static(d) for d in spec.shape)
-        self.input_hw = (h, w) if h is not None and w is not None else None
-        self.max_batch = n
+        input_hw = (h, w) if h is not None and w is not None else None
         self.path = path
-        self.max_tokens = max_tokens if self.input_hw is None else None
-        self.scale = scale or self._probe_scale()
-        log.info("onnxruntime %s: providers %s, input %s, scale %d", path.name, self.providers, spec.shape, self.scale)
+        meta = graph_metadata(self.session)
+        config = bundle.config if bundle is not None else _config_of(meta)
+        scale = scale or (bundle.scale if bundle is not None else None) or self._probe_scale(meta, input_hw, n)
+        precision = meta.get("precision") if meta.get("precision") in ("fp32", "fp16") else "fp32"
+        max_tokens = bundle.max_tokens if bundle is not None and bundle.dynamic_hw and input_hw is None else None
+        self.info = BackendInfo(
+            name="onnxruntime", scale=scale, device="cpu" if self.providers[0] == "CPUExecutionProvider" else "cuda",
+            precision=precision, input_hw=input_hw, max_batch=n, max_tokens=max_tokens, config=config,
+            weights_sha256=bundle.weights_sha256 if bundle is not None else meta.get("weights_sha256"),
+            source=str(path), detail="providers " + ",".join(self.providers),
+        )  # fmt: skip
+        log.info("onnxruntime %s: providers %s, input %s, scale %d", path.name, self.providers, spec.shape, scale)
 
-    def _probe_scale(self) -> int:
+    def _probe_scale(self, meta: dict[str, str], input_hw: tuple[int, int] | None, batch: int | None) -> int:
         """Scale from the graph metadata, else from one run on a small input.
 
         A "dynamic" graph traced from the chunked scan may still only run at its traced token count, so a few
         sizes are tried."""
-        meta = self.session.get_modelmeta().custom_metadata_map
-        for key in ("mambaesr_edge.scale", "scale"):  # the exporter writes mambaesr_edge.scale
-            if str(meta.get(key, "")).isdigit():
-                return int(meta[key])
-        sizes = [self.input_hw] if self.input_hw else [(16, 16), (32, 32), (64, 64), (8, 8)]
+        plain = self.session.get_modelmeta().custom_metadata_map.get("scale", "")
+        for value in (meta.get("scale", ""), plain):  # the exporter writes mambaesr_edge.scale
+            if str(value).isdigit():
+                return int(value)
+        sizes = [input_hw] if input_hw else [(16, 16), (32, 32), (64, 64), (8, 8)]
         errors = []
         for h, w in sizes:
             try:
-                out = self._run_one(np.zeros((self.max_batch or 1, 3, h, w), np.float32))
+                out = self._run_one(np.zeros((batch or 1, 3, h, w), np.float32))
             except Exception as exc:  # noqa: BLE001 - collected and reported below if no size works
                 errors.append(f"{h}x{w}: {str(exc).splitlines()[0][:100]}")
                 continue
@@ -154,12 +179,13 @@ class OnnxRuntimeBackend:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.input_hw is not None and tuple(batch.shape[-2:]) != self.input_hw:
+        fixed = self.info.input_hw
+        if fixed is not None and tuple(batch.shape[-2:]) != fixed:
             raise BackendError(
-                f"{self.path.name} takes {self.input_hw[0]}x{self.input_hw[1]} tiles, got {batch.shape[-2]}x{batch.shape[-1]}",
+                f"{self.path.name} takes {fixed[0]}x{fixed[1]} tiles, got {batch.shape[-2]}x{batch.shape[-1]}",
                 hint="tile with the model's input size (the Upscaler does this), or export with dynamic H/W",
             )
-        step = self.max_batch
+        step = self.info.max_batch
         if step is None or len(batch) == step:
             return self._run_one(batch)
         parts = []
@@ -175,4 +201,4 @@ class OnnxRuntimeBackend:
         """``session.run`` returns host arrays, so the device is idle when it returns."""
 
     def __repr__(self) -> str:
-        return f"OnnxRuntimeBackend({self.path.name}, providers={self.providers}, input_hw={self.input_hw})"
+        return f"OnnxRuntimeBackend({self.path.name}, providers={self.providers}, input_hw={self.info.input_hw})"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError, RuntimeConfigError
+from .base import BackendInfo
 
 __all__ = ["TorchBackend"]
 
@@ -22,10 +23,6 @@ log = logging.getLogger(__name__)
 
 
 class TorchBackend:
-    name = "torch"
-    input_hw = None
-    max_batch = None
-
     def __init__(
         self,
         model,
@@ -34,8 +31,11 @@ class TorchBackend:
         precision: str = "fp32",
         scan_impl: str | None = None,
         weights_sha256: str | None = None,
+        source: str = "",
     ) -> None:
         import torch
+
+        from ...scan import resolve_impl
 
         if precision not in ("fp32", "fp16"):
             raise RuntimeConfigError(f"precision must be fp32 or fp16, got {precision!r}", hint="use --fp32 or --fp16")
@@ -46,10 +46,11 @@ class TorchBackend:
             raise RuntimeConfigError("fp16 with the torch backend needs CUDA", hint="use --fp32 on CPU (fp16 is slower there)")
         self.model = model.to(dev).eval()
         self.device = dev
-        self.precision = precision
         self.scan_impl = scan_impl
-        self.scale = int(model.scale)
-        self.weights_sha256 = weights_sha256
+        self.info = BackendInfo(
+            name="torch", scale=int(model.scale), device=str(dev), precision=precision, config=model.config,
+            weights_sha256=weights_sha256, source=source, detail=f"scan {resolve_impl(scan_impl or 'auto', dev)}", tensor_io=True,
+        )  # fmt: skip
 
     @classmethod
     def from_weights(
@@ -66,7 +67,13 @@ class TorchBackend:
         from ...checkpoint import load_model
 
         model, loaded = load_model(weights, preset, scan_impl=scan_impl, param_key=param_key)
-        return cls(model, device=device, precision=precision, weights_sha256=loaded.sha256)
+        return cls(model, device=device, precision=precision, scan_impl=scan_impl, weights_sha256=loaded.sha256,
+                   source=str(weights) if weights is not None else "shipped default")
+
+    def with_precision(self, precision: str) -> TorchBackend:
+        """The same module on the same device in another precision (the fp32 twin of an fp16 backend)."""
+        return TorchBackend(self.model, device=str(self.device), precision=precision, scan_impl=self.scan_impl,
+                            weights_sha256=self.info.weights_sha256, source=self.info.source)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -82,7 +89,7 @@ class TorchBackend:
         import torch
 
         autocast = (
-            torch.autocast("cuda", dtype=torch.float16) if self.precision == "fp16" else contextlib.nullcontext()
+            torch.autocast("cuda", dtype=torch.float16) if self.info.precision == "fp16" else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
             y = self.model(x, scan_impl=self.scan_impl)  # (N, 3, s*h, s*w)
@@ -95,4 +102,4 @@ class TorchBackend:
             torch.cuda.synchronize(self.device)
 
     def __repr__(self) -> str:
-        return f"TorchBackend(device={self.device}, precision={self.precision}, scale={self.scale})"
+        return f"TorchBackend(device={self.device}, precision={self.info.precision}, scale={self.info.scale})"

@@ -5,7 +5,9 @@ Atomic: everything is written into a temporary folder beside the target and rena
 bundle is only replaced with `force=True` (renamed away first, removed after the new one is in place). A full disk
 raises `DiskFullError`. Only a process killed outright (SIGKILL) can leave the staging folder `.NAME.tmp-*` (or, in
 the instant between the two renames, the old bundle as `.NAME.old-*`) beside the target: delete it, export again.
-Layout and bundle.json: docs/interfaces.md ("Export bundle"); extra keys here: max_tokens, files, cost, tensorrt.
+The files and bundle.json's fields are the artifact contract in mambaesr_edge/bundle.py (docs/interfaces.md,
+"Export bundle"); the report keys no reader interprets (files, tensorrt status, versions, created) go in
+``Bundle.extra``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,21 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import ConfigError, DiskFullError, MambaESRError
+from ..bundle import (
+    BUILD_SCRIPT_FILE,
+    BUNDLE_FILE,
+    COST_FILE,
+    ENGINE_FILE,
+    ONNX_FILE,
+    ONNX_FP16_FILE,
+    PARITY_FILE,
+    Bundle,
+    BundleError,
+    OnnxFile,
+    write_bundle,
+    write_engine_manifest,
+)
+from ..errors import ConfigError, DiskFullError
 from ..fileio import disk_full_error
 from ..model import MambaSR
 from ..profiles import MIN_TILE, DeviceProfile, list_profiles, load_profile
@@ -31,12 +47,6 @@ from .parity import ParityError, ParityReport, ParityThresholds, run_parity
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = "mambaesr-edge-bundle/1"
-
-
-class BundleError(MambaESRError):
-    """The bundle folder cannot be written (exists without --force, not writable, ...)."""
-
 
 @dataclass(frozen=True)
 class ExportOptions:
@@ -45,7 +55,7 @@ class ExportOptions:
     profile: DeviceProfile
     tile: int | None = None
     batch: int | None = None
-    fp16: bool | None = None  # also export and check model_fp16.onnx (default: profile precision is fp16)
+    fp16: bool | None = None  # also export and check the fp16 graph (default: profile precision is fp16)
     dynamic_hw: bool = False
     max_size: int | None = None  # dynamic only: largest side in LR pixels the graph must support (default 4 x tile)
     opset: int = DEFAULT_OPSET
@@ -78,13 +88,39 @@ class ExportOptions:
 class ExportResult:
     bundle_dir: Path
     files: tuple[str, ...]
-    manifest: dict
+    bundle: Bundle
     parity: ParityReport
     cost: GraphCost
     rooflines: dict[str, RooflineEstimate]  # every shipped profile, plus the export's own
     analytic_macs_per_pixel: dict[str, float]
     tensorrt_status: str
     seconds: float
+
+    @property
+    def manifest(self) -> dict:
+        """bundle.json as written."""
+        return self.bundle.to_dict()
+
+
+def export_model(
+    device: str | Path | DeviceProfile,
+    weights: str | Path | None = None,
+    *,
+    out: str | Path | None = None,
+    preset: str | None = None,
+    param_key: str | None = None,
+    **options: object,
+) -> ExportResult:
+    """What ``mambaesr-edge export --device DEVICE`` does: load ``weights`` (None: the shipped default model) with
+    the exportable scan and write the bundle for ``device`` (a profile name, .toml path or DeviceProfile) into
+    ``out`` (default ``bundle-<device>``). ``options``: ExportOptions fields (tile, batch, fp16, dynamic_hw, force, ...).
+    Raises ParityError when the graph does not reproduce the model (no bundle is written)."""
+    from ..checkpoint import load_model
+
+    profile = device if isinstance(device, DeviceProfile) else load_profile(device)
+    model, loaded = load_model(weights, preset, scan_impl="chunked", param_key=param_key)
+    out_dir = Path(out) if out is not None else Path(f"bundle-{profile.name}")
+    return export_bundle(model, loaded.sha256, out_dir, ExportOptions(profile=profile, **options))
 
 
 def export_bundle(model: MambaSR, weights_sha256: str, out_dir: str | Path, options: ExportOptions) -> ExportResult:
@@ -155,7 +191,7 @@ def _export_into(model: MambaSR, weights_sha256: str, bundle: Path, opts: Export
     shape = (opts.batch, config.in_channels, opts.tile, opts.tile)
     max_tokens = opts.max_size**2 if opts.dynamic_hw else None
     graphs: dict[str, OnnxExport] = {}
-    for precision, filename in (("fp32", "model.onnx"), ("fp16", "model_fp16.onnx")):
+    for precision, filename in (("fp32", ONNX_FILE), ("fp16", ONNX_FP16_FILE)):
         if precision == "fp16" and not opts.fp16:
             continue
         metadata = build_metadata(
@@ -169,7 +205,7 @@ def _export_into(model: MambaSR, weights_sha256: str, bundle: Path, opts: Export
         log.info("exported %s: %d nodes", filename, graphs[precision].node_count)
     other = _other_shape(shape, graphs["fp32"].max_tokens) if opts.dynamic_hw else None
     report = run_parity(model, {k: g.path for k, g in graphs.items()}, shape, other_shape=other, thresholds=opts.thresholds)
-    _write_json(bundle / "parity.json", report.to_dict())
+    _write_json(bundle / PARITY_FILE, report.to_dict())
     if not report.passed:
         raise ParityError(
             "parity check failed, export refused: " + "; ".join(report.failures()),
@@ -182,7 +218,7 @@ def _export_into(model: MambaSR, weights_sha256: str, bundle: Path, opts: Export
     rooflines[profile.name] = roofline(cost, profile)
     macs = analytic_macs_per_pixel(config)
     _write_json(
-        bundle / "cost.json",
+        bundle / COST_FILE,
         {
             "graph": graphs[cost_precision].path.name,
             "cost": cost.to_dict(),
@@ -191,12 +227,13 @@ def _export_into(model: MambaSR, weights_sha256: str, bundle: Path, opts: Export
             "note": "modelled latency = max(FLOPs / peak FLOP/s, bytes / bandwidth); see mambaesr_edge/export/cost.py",
         },
     )
-    manifest = _bundle_manifest(model, weights_sha256, profile, opts, graphs)
-    status = _tensorrt_step(bundle, profile, manifest, opts)
-    manifest["tensorrt"] = {"status": status, "engine": trt_support.ENGINE_FILE if (bundle / trt_support.ENGINE_FILE).exists() else None}
-    manifest["files"] = sorted(p.name for p in bundle.iterdir()) + ["bundle.json"]
-    _write_json(bundle / "bundle.json", manifest)
-    return ExportResult(bundle, tuple(manifest["files"]), manifest, report, cost, rooflines, macs, status, 0.0)
+    contents = _bundle_contents(bundle, model, weights_sha256, profile, opts, graphs)
+    status = _tensorrt_step(contents, profile, opts)
+    files = sorted(p.name for p in bundle.iterdir()) + [BUNDLE_FILE]
+    tensorrt = {"status": status, "engine": ENGINE_FILE if (bundle / ENGINE_FILE).exists() else None}
+    contents = replace(contents, extra={**contents.extra, "tensorrt": tensorrt, "files": files})
+    write_bundle(contents)
+    return ExportResult(bundle, tuple(files), contents, report, cost, rooflines, macs, status, 0.0)
 
 
 def _other_shape(shape: tuple[int, int, int, int], capacity: int | None) -> tuple[int, int, int, int]:
@@ -221,37 +258,37 @@ def _cost_of(model: MambaSR, graph: OnnxExport, bundle: Path, opts: ExportOption
         return graph_cost(static.path)
 
 
-def _bundle_manifest(model: MambaSR, weights_sha256: str, profile: DeviceProfile, opts: ExportOptions, graphs: dict) -> dict:
-    def entry(g: OnnxExport) -> dict:
-        return {"file": g.path.name, "sha256": g.sha256, "opset": g.opset, "nodes": g.node_count, "simplifier": g.simplifier}
+def _bundle_contents(
+    root: Path, model: MambaSR, weights_sha256: str, profile: DeviceProfile, opts: ExportOptions, graphs: dict[str, OnnxExport]
+) -> Bundle:
+    def entry(g: OnnxExport) -> OnnxFile:
+        return OnnxFile(g.path.name, g.sha256, g.opset, g.node_count, g.simplifier)
 
-    return {
-        "format": BUNDLE_FORMAT,
-        "config": json.loads(model.config.to_json()),
-        "scale": model.scale,
-        "profile": profile.name,
-        "precision": profile.precision,
-        "tile": opts.tile,
-        "overlap": _overlap(profile.overlap, opts.tile),
-        "batch": opts.batch,
-        "dynamic_hw": opts.dynamic_hw,
-        "max_tokens": graphs["fp32"].max_tokens,
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "onnx": entry(graphs["fp32"]),
-        "onnx_fp16": entry(graphs["fp16"]) if "fp16" in graphs else None,
-        "weights_sha256": weights_sha256,
-        "versions": package_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return Bundle(
+        root=root,
+        config=model.config,
+        profile=profile.name,
+        precision=profile.precision,
+        tile=opts.tile,
+        overlap=_overlap(profile.overlap, opts.tile),
+        batch=opts.batch,
+        dynamic_hw=opts.dynamic_hw,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        onnx=entry(graphs["fp32"]),
+        onnx_fp16=entry(graphs["fp16"]) if "fp16" in graphs else None,
+        weights_sha256=weights_sha256,
+        max_tokens=graphs["fp32"].max_tokens,
+        extra={"versions": package_versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+    )
 
 
-def _tensorrt_step(bundle: Path, profile: DeviceProfile, manifest: dict, opts: ExportOptions) -> str:
+def _tensorrt_step(bundle: Bundle, profile: DeviceProfile, opts: ExportOptions) -> str:
     """Write build_engine.sh; build the engine here when TensorRT and a GPU are present. Returns a status line."""
     if profile.backend != "tensorrt":
         return f"profile backend is {profile.backend}: no TensorRT engine needed"
-    settings = trt_support.engine_settings(profile, manifest)
-    script = bundle / trt_support.SCRIPT_FILE
+    settings = trt_support.engine_settings(profile, bundle)
+    script = bundle.root / BUILD_SCRIPT_FILE
     script.write_text(trt_support.build_script(settings, profile))
     script.chmod(0o755)
     trt = trt_support.import_tensorrt() if opts.build_engine else None
@@ -259,13 +296,11 @@ def _tensorrt_step(bundle: Path, profile: DeviceProfile, manifest: dict, opts: E
         return trt_support.NOT_AVAILABLE
     gpu_name, capability = trt_support.detect_gpu()
     if not gpu_name:
-        return f"TensorRT {trt.__version__} imports but no GPU was found: engine left to build on the device with build_engine.sh"
-    trt_support.build_engine(bundle, settings, trt=trt)
-    trt_support.write_manifest(
-        bundle,
-        trt_support.engine_manifest(bundle, manifest, settings, trt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability),
-    )
-    return f"built {trt_support.ENGINE_FILE} with TensorRT {trt.__version__} on {gpu_name} (sm {capability or '?'})"
+        return f"TensorRT {trt.__version__} imports but no GPU was found: engine left to build on the device with {BUILD_SCRIPT_FILE}"
+    trt_support.build_engine(bundle.root, settings, trt=trt)
+    manifest = trt_support.engine_manifest(bundle, settings, trt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability)
+    write_engine_manifest(bundle.engine_manifest_path, manifest)
+    return f"built {ENGINE_FILE} with TensorRT {trt.__version__} on {gpu_name} (sm {capability or '?'})"
 
 
 def _overlap(overlap: int, tile: int) -> int:
@@ -278,17 +313,3 @@ def _overlap(overlap: int, tile: int) -> int:
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-
-
-def read_bundle(bundle_dir: str | Path) -> dict:
-    """Read and minimally validate bundle.json (JSON only, never evaluated)."""
-    path = Path(bundle_dir) / "bundle.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise BundleError(f"{bundle_dir} is not an export bundle (no bundle.json)", hint="run mambaesr-edge export first") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"cannot read {path}: {exc}", hint="re-export the bundle") from exc
-    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path} is not a {BUNDLE_FORMAT} manifest", hint="re-export the bundle with this version")
-    return data

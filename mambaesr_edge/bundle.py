@@ -1,0 +1,432 @@
+"""The artifact contract between export and runtime: the bundle folder, its bundle.json, the engine manifest, and the
+one rule that says whether a TensorRT engine may run here. Torch-free; JSON only, never eval.
+
+Writers (``export/``, ``mambaesr-edge build-engine``) and readers (``runtime/``, ``bench``, ``eval``, the CLI) all
+import the names below; nothing else knows a file name or a field of these files.
+
+    bundle/
+      bundle.json          Bundle.to_dict() (format BUNDLE_FORMAT)
+      model.onnx           fp32 graph (OnnxFile in bundle.json, sha256-checked when read)
+      model_fp16.onnx      optional fp16 graph, scan kept in fp32
+      parity.json cost.json build_engine.sh timing.cache
+      model.engine         optional, built ON the target device
+      model.engine.json    EngineManifest (format ENGINE_MANIFEST_FORMAT): what the engine was built with and from
+
+When an engine is stale (``engine_problems``; one rule for build-engine, upscale, eval and bench):
+- the engine file or its manifest is missing, or the manifest is unreadable or of another format;
+- GPU: its name or compute capability differs from this GPU's, as the CUDA runtime names them (engines are
+  built for one GPU model);
+- TensorRT: the release (major.minor.patch) differs. A build-number change (10.3.0.26 -> 10.3.0.30, a JetPack
+  respin) keeps the release and the engine; if TensorRT itself still refuses the plan, deserialising fails with
+  the same rebuild hint;
+- the engine was built from other weights (weights sha256), another ONNX graph (the sha256 of the graph file now
+  in the bundle), for another profile, or the engine file itself changed since its manifest was written;
+- a custom-op plugin library recorded in the manifest is missing or its sha256 differs.
+A value this machine cannot tell (an empty GPU name or capability) is not compared; an empty value in the
+manifest is a problem. A stale engine is refused, never silently replaced (runtime/source.py says why).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BundleError
+from .fileio import atomic_write, sha256_file
+from .presets import ModelConfig
+
+__all__ = [
+    "BUILD_SCRIPT_FILE",
+    "BUNDLE_FILE",
+    "BUNDLE_FORMAT",
+    "COST_FILE",
+    "ENGINE_FILE",
+    "ENGINE_MANIFEST_FILE",
+    "ENGINE_MANIFEST_FORMAT",
+    "ONNX_FILE",
+    "ONNX_FP16_FILE",
+    "PARITY_FILE",
+    "TIMING_CACHE_FILE",
+    "Bundle",
+    "BundleError",
+    "EngineEnvironment",
+    "EngineManifest",
+    "OnnxFile",
+    "bundle_engine_problems",
+    "engine_manifest_path",
+    "engine_problems",
+    "is_bundle",
+    "read_bundle",
+    "read_engine_manifest",
+    "standalone_engine_problems",
+    "tensorrt_release",
+    "write_bundle",
+    "write_engine_manifest",
+]
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "mambaesr-edge-bundle/1"
+ENGINE_MANIFEST_FORMAT = "mambaesr-edge-engine/1"
+BUNDLE_FILE = "bundle.json"
+ONNX_FILE = "model.onnx"
+ONNX_FP16_FILE = "model_fp16.onnx"
+PARITY_FILE = "parity.json"
+COST_FILE = "cost.json"
+ENGINE_FILE = "model.engine"
+ENGINE_MANIFEST_FILE = ENGINE_FILE + ".json"
+TIMING_CACHE_FILE = "timing.cache"
+BUILD_SCRIPT_FILE = "build_engine.sh"
+PRECISIONS = ("fp32", "fp16")
+_REEXPORT = "re-run mambaesr-edge export"
+_REBUILD = "rebuild: mambaesr-edge build-engine BUNDLE"
+
+
+@dataclass(frozen=True)
+class OnnxFile:
+    """One ONNX graph of a bundle: a plain file name inside it, its sha256, opset (and, as written, node count)."""
+
+    file: str
+    sha256: str
+    opset: int
+    nodes: int | None = None
+    simplifier: str | None = None
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """bundle.json, typed. ``root`` is the folder (not stored); ``extra`` keeps the export's report keys (cost,
+    tensorrt status, versions, ...) that no reader needs to interpret."""
+
+    root: Path
+    config: ModelConfig
+    profile: str
+    precision: str
+    tile: int
+    overlap: int
+    batch: int
+    dynamic_hw: bool
+    input_name: str
+    output_name: str
+    onnx: OnnxFile
+    onnx_fp16: OnnxFile | None
+    weights_sha256: str
+    max_tokens: int | None = None  # dynamic H/W graphs: the largest h*w they take
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    @property
+    def engine_path(self) -> Path:
+        return self.root / ENGINE_FILE
+
+    @property
+    def engine_manifest_path(self) -> Path:
+        return self.root / ENGINE_MANIFEST_FILE
+
+    def onnx_entry(self, precision: str = "fp32") -> OnnxFile:
+        """The graph for ``precision``: fp16 falls back to the fp32 graph when the bundle has none."""
+        return self.onnx_fp16 if precision == "fp16" and self.onnx_fp16 is not None else self.onnx
+
+    def onnx_path(self, precision: str = "fp32", *, verify: bool = True) -> Path:
+        """The ONNX file for ``precision`` (see ``onnx_entry``), sha256-checked against bundle.json."""
+        if precision == "fp16" and self.onnx_fp16 is None:
+            log.info("bundle %s has no fp16 ONNX; using the fp32 graph", self.root)
+        entry = self.onnx_entry(precision)
+        path = self.root / entry.file
+        if not path.is_file():
+            raise BundleError(f"bundle {self.root} lacks {entry.file}", hint=_REEXPORT)
+        if verify and sha256_file(path) != entry.sha256:
+            raise BundleError(
+                f"{path} does not match the sha256 in bundle.json (stale or corrupt file)",
+                hint="re-run mambaesr-edge export --force for this bundle",
+            )
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        """bundle.json's content (``extra`` keys after the contract's)."""
+        def entry(f: OnnxFile | None) -> dict | None:
+            return None if f is None else {k: v for k, v in asdict(f).items() if v is not None}
+
+        return {
+            "format": BUNDLE_FORMAT,
+            "config": json.loads(self.config.to_json()),
+            "scale": self.scale,
+            "profile": self.profile,
+            "precision": self.precision,
+            "tile": self.tile,
+            "overlap": self.overlap,
+            "batch": self.batch,
+            "dynamic_hw": self.dynamic_hw,
+            "max_tokens": self.max_tokens,
+            "input_name": self.input_name,
+            "output_name": self.output_name,
+            "onnx": entry(self.onnx),
+            "onnx_fp16": entry(self.onnx_fp16),
+            "weights_sha256": self.weights_sha256,
+            **{k: v for k, v in self.extra.items() if k not in _CONTRACT_KEYS},
+        }
+
+
+_CONTRACT_KEYS = frozenset({
+    "format", "config", "scale", "profile", "precision", "tile", "overlap", "batch", "dynamic_hw", "max_tokens",
+    "input_name", "output_name", "onnx", "onnx_fp16", "weights_sha256",
+})  # fmt: skip
+
+
+def is_bundle(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / BUNDLE_FILE).is_file()
+
+
+def write_bundle(bundle: Bundle) -> Path:
+    """Write ``bundle.root/bundle.json`` atomically."""
+    path = bundle.root / BUNDLE_FILE
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(bundle.to_dict(), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def _get(raw: dict, key: str, kind: type | tuple[type, ...], where: Path):
+    if key not in raw:
+        raise BundleError(f"{where}: missing field {key!r}", hint=_REEXPORT)
+    value = raw[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BundleError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})", hint="re-run export")
+    return value
+
+
+def _onnx_entry(raw: object, where: Path) -> OnnxFile:
+    if not isinstance(raw, dict):
+        raise BundleError(f"{where}: onnx entry must be an object", hint=_REEXPORT)
+    name = _get(raw, "file", str, where)
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise BundleError(f"{where}: onnx file {name!r} must be a plain file name inside the bundle", hint="re-export")
+    nodes, simplifier = raw.get("nodes"), raw.get("simplifier")
+    return OnnxFile(
+        name, _get(raw, "sha256", str, where), _get(raw, "opset", int, where),
+        nodes if isinstance(nodes, int) else None, simplifier if isinstance(simplifier, str) else None,
+    )  # fmt: skip
+
+
+def read_bundle(path: str | Path) -> Bundle:
+    """Parse and validate ``path/bundle.json``."""
+    root = Path(path)
+    manifest = root / BUNDLE_FILE
+    if not manifest.is_file():
+        raise BundleError(f"{root} is not an export bundle (no {BUNDLE_FILE})", hint="pass a folder made by mambaesr-edge export")
+    try:
+        raw = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"cannot read {manifest}: {exc}", hint=_REEXPORT) from exc
+    if not isinstance(raw, dict) or raw.get("format") != BUNDLE_FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise BundleError(f"{manifest}: format {found!r} is not {BUNDLE_FORMAT!r}", hint="re-export with this version")
+    config = ModelConfig.from_dict(_get(raw, "config", dict, manifest))
+    scale = _get(raw, "scale", int, manifest)
+    if scale != config.scale:
+        raise BundleError(f"{manifest}: scale {scale} disagrees with config scale {config.scale}", hint="re-export")
+    precision = _get(raw, "precision", str, manifest)
+    if precision not in PRECISIONS:
+        raise BundleError(f"{manifest}: precision must be fp16 or fp32, got {precision!r}", hint="re-export")
+    tile, overlap, batch = (_get(raw, k, int, manifest) for k in ("tile", "overlap", "batch"))
+    if tile < 1 or batch < 1 or overlap < 0 or 2 * overlap > tile:
+        raise BundleError(f"{manifest}: invalid tile {tile} / overlap {overlap} / batch {batch}", hint="re-export")
+    fp16 = raw.get("onnx_fp16")
+    max_tokens = raw.get("max_tokens")
+    return Bundle(
+        root=root,
+        config=config,
+        profile=str(raw.get("profile", "")),
+        precision=precision,
+        tile=tile,
+        overlap=overlap,
+        batch=batch,
+        dynamic_hw=_get(raw, "dynamic_hw", bool, manifest),
+        input_name=_get(raw, "input_name", str, manifest),
+        output_name=_get(raw, "output_name", str, manifest),
+        onnx=_onnx_entry(raw.get("onnx"), manifest),
+        onnx_fp16=_onnx_entry(fp16, manifest) if fp16 is not None else None,
+        weights_sha256=_get(raw, "weights_sha256", str, manifest),
+        max_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0 else None,
+        extra={k: v for k, v in raw.items() if k not in _CONTRACT_KEYS},
+    )
+
+
+# ------------------------------------------------------------------------------------------- the TensorRT engine
+@dataclass(frozen=True)
+class EngineEnvironment:
+    """What an engine must match here: this GPU (as the CUDA runtime names it) and this TensorRT."""
+
+    gpu_name: str
+    compute_capability: str  # "8.7"
+    tensorrt_version: str  # "10.3.0.30"
+
+
+@dataclass(frozen=True)
+class EngineManifest:
+    """model.engine.json: what the engine was built with (TensorRT, GPU) and from (ONNX, weights, profile, plugin)."""
+
+    engine: str
+    engine_sha256: str
+    tensorrt: str
+    gpu_name: str
+    compute_capability: str
+    onnx_file: str
+    onnx_sha256: str
+    weights_sha256: str
+    profile: str
+    input_name: str = "lr"
+    precision: str = "fp32"
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    scale: int | None = None
+    plugin_file: str | None = None  # custom-op library the engine needs (loaded before deserialising)
+    plugin_sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # settings, created, ...
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = {k: v for k, v in asdict(self).items() if k != "extra"}
+        return {"format": ENGINE_MANIFEST_FORMAT, **raw, **{k: v for k, v in self.extra.items() if k not in raw}}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> EngineManifest:
+        """Lenient: missing fields become "" (and then count as problems); ``tensorrt_version`` / ``gpu`` are
+        accepted for ``tensorrt`` / ``gpu_name`` (hand-written manifests)."""
+        def text(key: str, alias: str | None = None) -> str:
+            value = raw.get(key, raw.get(alias, "") if alias else "")
+            return "" if value is None else str(value)
+
+        names = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        scale = raw.get("scale")
+        shapes = raw.get("shapes")
+        return cls(
+            engine=text("engine") or ENGINE_FILE, engine_sha256=text("engine_sha256"),
+            tensorrt=text("tensorrt", "tensorrt_version"), gpu_name=text("gpu_name", "gpu"),
+            compute_capability=text("compute_capability"), onnx_file=text("onnx_file"), onnx_sha256=text("onnx_sha256"),
+            weights_sha256=text("weights_sha256"), profile=text("profile"), input_name=text("input_name") or "lr",
+            precision=text("precision") or "fp32", shapes=shapes if isinstance(shapes, dict) else {},
+            scale=scale if isinstance(scale, int) and not isinstance(scale, bool) and scale > 0 else None,
+            plugin_file=text("plugin_file") or None, plugin_sha256=text("plugin_sha256") or None,
+            extra={k: v for k, v in raw.items() if k not in names and k not in ("format", "tensorrt_version", "gpu")},
+        )  # fmt: skip
+
+
+def engine_manifest_path(engine: str | Path) -> Path:
+    """The manifest beside an engine: ``NAME.json`` (model.engine -> model.engine.json, x.trt -> x.trt.json)."""
+    engine = Path(engine)
+    return engine.with_name(engine.name + ".json")
+
+
+def read_engine_manifest(path: str | Path) -> EngineManifest:
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"cannot read engine manifest {path}: {exc}", hint=_REBUILD) from exc
+    if not isinstance(raw, dict):
+        raise BundleError(f"engine manifest {path} is not a JSON object", hint=_REBUILD)
+    if raw.get("format", ENGINE_MANIFEST_FORMAT) != ENGINE_MANIFEST_FORMAT:
+        raise BundleError(f"engine manifest {path} is not a {ENGINE_MANIFEST_FORMAT} manifest", hint=_REBUILD)
+    return EngineManifest.from_dict(raw)
+
+
+def write_engine_manifest(path: str | Path, manifest: EngineManifest) -> Path:
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    return path
+
+
+def tensorrt_release(version: str) -> tuple[str, ...]:
+    """'10.3.0.30' -> ('10', '3', '0'): engines are tied to the TensorRT release, not its build number."""
+    return tuple(version.strip().split(".")[:3])
+
+
+def engine_problems(
+    manifest: EngineManifest | dict,
+    env: EngineEnvironment,
+    *,
+    weights_sha256: str | None = None,
+    onnx_sha256: str | None = None,
+    profile: str | None = None,
+    engine_sha256: str | None = None,
+    plugin_sha256: str | None = None,
+) -> list[str]:
+    """Why this engine may not run here ([] = it may). Pure: compares what the manifest recorded with ``env`` and
+    with the current sha256s the caller passes (None: not checked). The rule is in the module docstring."""
+    m = manifest if isinstance(manifest, EngineManifest) else EngineManifest.from_dict(manifest)
+    problems = []
+    if not m.tensorrt:
+        problems.append("manifest names no TensorRT version")
+    elif env.tensorrt_version and tensorrt_release(m.tensorrt) != tensorrt_release(env.tensorrt_version):
+        problems.append(f"TensorRT version changed: built with TensorRT {m.tensorrt}, this is TensorRT {env.tensorrt_version}")
+    if not m.compute_capability:
+        problems.append("manifest names no compute capability")
+    elif env.compute_capability and m.compute_capability.strip() != env.compute_capability.strip():
+        problems.append(f"compute capability changed: built for compute capability {m.compute_capability}, this GPU is {env.compute_capability}")
+    if not m.gpu_name:
+        problems.append("manifest names no GPU")
+    elif env.gpu_name and m.gpu_name.strip() != env.gpu_name.strip():
+        problems.append(f"GPU changed: built on GPU {m.gpu_name!r}, this GPU is {env.gpu_name!r}")
+    if weights_sha256 is not None and m.weights_sha256 != weights_sha256:
+        problems.append(f"weights changed: weights_sha256 {m.weights_sha256[:12]}... of the engine, {weights_sha256[:12]}... now")
+    if onnx_sha256 is not None and m.onnx_sha256 != onnx_sha256:
+        problems.append(f"ONNX graph changed: onnx_sha256 {m.onnx_sha256[:12]}... of the engine, {onnx_sha256[:12]}... now")
+    if profile is not None and m.profile != profile:
+        problems.append(f"profile changed: engine for {m.profile!r}, bundle for {profile!r}")
+    if engine_sha256 is not None and m.engine_sha256 != engine_sha256:
+        problems.append(f"{m.engine} was replaced or corrupted (sha256 differs from the manifest)")
+    if m.plugin_file and plugin_sha256 is not None and m.plugin_sha256 != plugin_sha256:
+        problems.append(f"plugin library {m.plugin_file} changed since the engine was built (sha256 differs)")
+    return problems
+
+
+def _file_problems(engine: Path) -> tuple[EngineManifest | None, list[str]]:
+    manifest_path = engine_manifest_path(engine)
+    if not engine.is_file():
+        return None, [f"no engine: {engine.name} is missing"]
+    if not manifest_path.is_file():
+        return None, [f"no manifest: {manifest_path.name} is missing, so the engine's origin is unknown"]
+    manifest = read_engine_manifest(manifest_path)
+    if manifest.plugin_file:
+        plugin = engine.parent / manifest.plugin_file
+        if not plugin.is_file():
+            return manifest, [f"the engine needs the plugin library {manifest.plugin_file}, which is missing"]
+    return manifest, []
+
+
+def _plugin_sha(engine: Path, manifest: EngineManifest) -> str | None:
+    return sha256_file(engine.parent / manifest.plugin_file) if manifest.plugin_file else None
+
+
+def bundle_engine_problems(bundle: Bundle, env: EngineEnvironment) -> list[str]:
+    """``engine_problems`` for the bundle's model.engine against the bundle as it is now (files hashed here).
+    Raises BundleError when the manifest exists but cannot be read."""
+    manifest, problems = _file_problems(bundle.engine_path)
+    if manifest is None or problems:
+        return problems
+    onnx = bundle.root / manifest.onnx_file if manifest.onnx_file else None
+    if onnx is None or Path(manifest.onnx_file).name != manifest.onnx_file or not onnx.is_file():
+        return [f"the engine's ONNX graph {manifest.onnx_file!r} is not in the bundle"]
+    return engine_problems(
+        manifest, env, weights_sha256=bundle.weights_sha256, onnx_sha256=sha256_file(onnx), profile=bundle.profile,
+        engine_sha256=sha256_file(bundle.engine_path), plugin_sha256=_plugin_sha(bundle.engine_path, manifest),
+    )  # fmt: skip
+
+
+def standalone_engine_problems(
+    engine: str | Path, env: EngineEnvironment, *, weights_sha256: str | None = None, onnx_sha256: str | None = None
+) -> list[str]:
+    """``engine_problems`` for an engine file outside a bundle (its manifest beside it); the weights and ONNX are
+    compared only when the caller knows them."""
+    engine = Path(engine)
+    manifest, problems = _file_problems(engine)
+    if manifest is None or problems:
+        return problems
+    return engine_problems(
+        manifest, env, weights_sha256=weights_sha256, onnx_sha256=onnx_sha256, engine_sha256=sha256_file(engine),
+        plugin_sha256=_plugin_sha(engine, manifest),
+    )  # fmt: skip
