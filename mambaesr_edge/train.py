@@ -138,7 +138,7 @@ def _weights_bytes(model: MambaSR, meta: dict[str, str]) -> bytes:
     """The file `save_weights` writes, made in memory (so a failed write is a plain OSError with its errno)."""
     from safetensors.torch import save
 
-    from .checkpoint import CONFIG_KEY, FORMAT, FORMAT_KEY
+    from .weights_format import CONFIG_KEY, FORMAT, FORMAT_KEY
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return save(tensors, metadata={CONFIG_KEY: model.config.to_json(), FORMAT_KEY: FORMAT, **meta})
