@@ -75,7 +75,7 @@ class Mixer(nn.Module):
         if not single_raster:
             inverses = [order_permutation(o, height, width)[1].to(x.device) for o in self.orders]
             parts = y.split(batch, dim=0)  # K x (B, Di, L)
-            y = sum(part.index_select(2, inv) for part, inv in zip(parts, inverses))  # (B, Di, L) back in raster order
+            y = sum(part.index_select(2, inv) for part, inv in zip(parts, inverses, strict=True))  # (B, Di, L) back in raster order
             y = y * F.silu(z)  # (B, Di, L)
         return self.out_proj(y.transpose(1, 2))  # (B, L, C)
 

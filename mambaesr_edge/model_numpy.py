@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import nullcontext
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +214,7 @@ class NumpyMambaSR:
             y = selective_scan_tokens(seq, delta, A, b_in, c_out)  # (L, Di)
         else:  # channels are independent in the scan
             edges = np.linspace(0, c.d_inner, self.threads + 1).astype(int)
-            parts = [pool.submit(selective_scan_tokens, seq[:, a:b], delta[:, a:b], A[a:b], b_in, c_out) for a, b in zip(edges, edges[1:])]
+            parts = [pool.submit(selective_scan_tokens, seq[:, a:b], delta[:, a:b], A[a:b], b_in, c_out) for a, b in pairwise(edges)]
             y = np.concatenate([part.result() for part in parts], axis=1)  # (L, Di)
         y = (y + seq * w[p + "D"]) * _silu(z)  # (L, Di)
         return y @ w[p + "out_proj.weight"].T  # (L, C)

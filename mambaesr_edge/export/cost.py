@@ -278,7 +278,7 @@ def _pin_input(proto, shape: tuple[int, ...]):
 
     pinned = copy.deepcopy(proto)
     dims = pinned.graph.input[0].type.tensor_type.shape.dim
-    for dim, value in zip(dims, shape):
+    for dim, value in zip(dims, shape, strict=True):
         dim.ClearField("dim_param")
         dim.dim_value = value
     return pinned
@@ -313,11 +313,11 @@ def _einsum_flops(node, info, out_elems: int) -> float:
     equation = next(at.s.decode() for at in node.attribute if at.name == "equation").replace(" ", "")
     lhs, _, rhs = equation.partition("->")
     sizes: dict[str, int] = {}
-    for term, name in zip(lhs.split(","), node.input):
+    for term, name in zip(lhs.split(","), node.input, strict=True):
         shape = info.get(name, ((),))[0]
         if "." in term or len(term) != len(shape):
             return 2.0 * out_elems  # ellipsis or unknown shape: a lower bound
-        sizes.update(zip(term, shape))
+        sizes.update(zip(term, shape, strict=True))
     summed = set(re.sub(r"[^a-zA-Z]", "", lhs)) - set(rhs)
     return 2.0 * math.prod(sizes.values()) if summed else float(out_elems)
 
