@@ -189,7 +189,8 @@ def run_cli(variant: dict, image: Path, out: Path) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{variant['name']}: exit {done.returncode}: {done.stderr.strip()[-400:]}")
     reported = re.search(r"in ([0-9.]+) s", done.stdout.replace("\n", " "))
-    return {"wall_s": round(wall, 4), "cli_reported_s": float(reported.group(1)) if reported else None, "load1_before": before, "load1_after": load1()}
+    cli_reported = float(reported.group(1)) if reported else None
+    return {"wall_s": round(wall, 4), "cli_reported_s": cli_reported, "load1_before": before, "load1_after": load1()}
 
 
 def run_breakdown(tree: Path, image: Path, out: Path, backend: str, scan: str, torch_first: bool, env: dict[str, str]) -> dict:
@@ -265,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             for v in order:
                 row = run_cli(v, image, work / f"{v['name'].replace('[', '_').replace(']', '')}.png")
                 report["variants"][v["name"]]["runs"].append(row)
-                print(f"round {r + 1}  {v['name']:24s} {row['wall_s']:7.3f} s  (cli {row['cli_reported_s']} s, load {row['load1_before']})", flush=True)
+                print(f"round {r + 1}  {v['name']:24s} {row['wall_s']:7.3f} s  (cli {row['cli_reported_s']} s, load {row['load1_before']})",
+                      flush=True)
         for name in names:
             runs = report["variants"][name]["runs"]
             report["variants"][name]["process_wall_s"] = summary([x["wall_s"] for x in runs])
@@ -274,15 +276,17 @@ def main(argv: list[str] | None = None) -> int:
         reference = "base-chunked" if "base-chunked" in names else "torch"
         ratios = {}
         for name in names:
-            per_round = [a["wall_s"] / b["wall_s"] for a, b in zip(report["variants"][name]["runs"], report["variants"][reference]["runs"])]
-            ratios[f"{name} / {reference}"] = {"median_of_rounds": round(statistics.median(per_round), 3), "per_round": [round(x, 3) for x in per_round]}
+            runs, reference_runs = report["variants"][name]["runs"], report["variants"][reference]["runs"]
+            per_round = [a["wall_s"] / b["wall_s"] for a, b in zip(runs, reference_runs, strict=True)]
+            ratios[f"{name} / {reference}"] = {"median_of_rounds": round(statistics.median(per_round), 3),
+                                               "per_round": [round(x, 3) for x in per_round]}
         report["ratios_process_wall"] = ratios
         if not args.quick:
             breakdown = []
             # each as its CLI runs it: this tree's CLI sets OMP_WAIT_POLICY=PASSIVE (cli.run), the base's did not
             cases = [("default", REPO, "", "auto", False, {}), ("torch", REPO, "torch", "auto", True, {"OMP_WAIT_POLICY": "PASSIVE"}),
                      ("base-chunked", work / "base", "", "chunked", True, {})]
-            for r in range(max(1, min(3, args.rounds))):
+            for _ in range(max(1, min(3, args.rounds))):
                 for name, tree, backend, scan, torch_first, env in cases:
                     row = run_breakdown(tree, image, work / "breakdown.png", backend, scan, torch_first, env)
                     breakdown.append({"path": name, **row})

@@ -62,7 +62,8 @@ def to_uint8(chw: np.ndarray) -> np.ndarray:
 def seam_lines(plan, scale: int) -> tuple[list[int], list[int]]:
     """HR row / column indices i where the gradient I[i] - I[i-1] crosses a tile edge (crop coordinates)."""
     lines = []
-    for origins, tile, pad, size in ((plan.ys, plan.tile_hw[0], plan.pad[0], plan.image_hw[0]), (plan.xs, plan.tile_hw[1], plan.pad[2], plan.image_hw[1])):
+    axes = ((plan.ys, plan.tile_hw[0], plan.pad[0], plan.image_hw[0]), (plan.xs, plan.tile_hw[1], plan.pad[2], plan.image_hw[1]))
+    for origins, tile, pad, size in axes:
         edges = {o for o in origins[1:]} | {o + tile for o in origins[:-1]}
         lines.append(sorted(scale * (e - pad) for e in edges if 0 < e - pad < size))
     return lines[0], lines[1]
@@ -85,7 +86,7 @@ def run_tiles(backend: TorchBackend, image: np.ndarray, overlap: int):
     padded = pad_image(image, plan)
     outputs = []
     for batch in make_batches([(0, padded, plan)], 1):
-        for ref, out in zip(batch.refs, backend.run(batch.tiles)):
+        for ref, out in zip(batch.refs, backend.run(batch.tiles), strict=True):
             outputs.append((ref.index, out))
     return plan, outputs
 
@@ -180,13 +181,15 @@ def main() -> None:
     print(f"\nwhole image: Y-PSNR {info['whole_psnr_y_gt']:.3f} dB over {len(info['images'])} images")
     print(f"{'overlap':>7} {'blend':>11} {'Y-PSNR':>8} {'vs whole':>9} {'PSNR to whole':>14} {'seam excess':>12} {'tiles':>6}")
     for r in table:
-        print(f"{r['overlap']:7d} {r['blend']:>11} {r['psnr_y_gt']:8.3f} {r['delta_vs_whole_db']:+9.3f} {r['psnr_vs_whole']:14.2f} {r['seam_excess_pct']:11.2f}% {r['tiles']:6d}")
+        print(f"{r['overlap']:7d} {r['blend']:>11} {r['psnr_y_gt']:8.3f} {r['delta_vs_whole_db']:+9.3f} {r['psnr_vs_whole']:14.2f} "
+              f"{r['seam_excess_pct']:11.2f}% {r['tiles']:6d}")
     print("\ntiles/s (torch CPU, chunked scan):")
     rates = speed(backend, args.threads)
     report = {
         "command": f"python benchmarks/runtime_tiling.py --quality-device {args.quality_device} --threads " + " ".join(map(str, args.threads)),
         "quality_device": args.quality_device,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": __import__("os").cpu_count(), "torch": torch.__version__},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": __import__("os").cpu_count(),
+                    "torch": torch.__version__},
         "weights": weights.name,
         "weights_sha256": loaded.sha256,
         "dataset": args.dataset.name if args.dataset.is_dir() else "sample",

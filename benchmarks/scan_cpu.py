@@ -65,7 +65,7 @@ def main() -> None:
         "load_average": list(__import__("os").getloadavg()),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "threads": args.threads,
-        "shape": dict(zip(("batch", "dim", "L", "N"), shape)),
+        "shape": dict(zip(("batch", "dim", "L", "N"), shape, strict=True)),
         "results": rows,
         "chunked_over_reference_time": ratio,
     }

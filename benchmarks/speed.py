@@ -100,7 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sections", nargs="+", default=["scan", "tile", "frame", "train", "upscale"],
                    choices=["scan", "tile", "frame", "train", "upscale"], help="what to measure")
     p.add_argument("--presets", nargs="+", default=None, help=f"default {GOAL_PRESET} student dvmsr (quick: test)")
-    p.add_argument("--impls", nargs="+", default=None, help="scan impls for the network rows (default: chunked, triton on CUDA, mamba_ssm if importable)")
+    p.add_argument("--impls", nargs="+", default=None,
+                   help="scan impls for the network rows (default: chunked, triton on CUDA, mamba_ssm if importable)")
     p.add_argument("--amp", nargs="+", default=["none"], choices=["none", "fp16", "bf16"], help="inference autocast variants (CUDA only)")
     p.add_argument("--with-reference", action="store_true", help="reference scan at full size (and on CUDA)")
     p.add_argument("--scan-L", type=int, default=4096)
@@ -773,7 +774,8 @@ def run_all(r: Runner) -> None:
                 batch = best.get("batch_used", args.frame_batch)
                 for path, call in (("e2e", "chw"), ("e2e-u8", "u8")):
                     r.measure("frame", {**label, "path": path},
-                              lambda m=model, impl=best["impl"], hw=hw, amp=label["amp"], b=batch, c=call: frame_e2e(m, impl, hw, amp, args, device, b, c))
+                              lambda m=model, impl=best["impl"], hw=hw, amp=label["amp"], b=batch, c=call:
+                              frame_e2e(m, impl, hw, amp, args, device, b, c))
                 del model
                 cleanup(device)
         if ts is not None:
@@ -818,7 +820,8 @@ def summarise(r: Runner) -> None:
         e2e = _best(rep["frame"], preset=student, model="mamba", frame=name, path="e2e")
         if e2e:
             goals[f"student_fps_{name}_lr_e2e"] = _goal(e2e["fps"], GOAL_FPS, ">=", student == GOAL_PRESET and cuda, impl=e2e["impl"],
-                                                        amp=e2e["amp"], note="runtime Upscaler.upscale_chw: device tiling and blend, float32 result to the host")
+                                                        amp=e2e["amp"],
+                                                        note="runtime Upscaler.upscale_chw: device tiling and blend, float32 result to the host")
     first_frame = next(iter(args.frames))
     for section, extra in (("frame", {"frame": first_frame, "path": "model"}), ("tile", {"batch": max(args.tile_batches)}), ("train", {})):
         cands = [x for x in ratios if x["section"] == section and x["preset"] == student and all(x.get(k) == v for k, v in extra.items())]
@@ -884,7 +887,8 @@ def print_table(r: Runner) -> None:
                 lines.append(f"{preset}: ERROR {spec['error']}")
             else:
                 lines.append(f"{preset}: width {spec['width']} blocks {spec['blocks']}: {spec['macs_per_lr_pixel']:.0f} MACs/px vs Mamba "
-                             f"{spec['mamba_macs_per_lr_pixel']:.0f} ({100 * spec['rel_diff']:+.1f}%); params {spec['params']} vs {spec['mamba_params']}")
+                             f"{spec['mamba_macs_per_lr_pixel']:.0f} ({100 * spec['rel_diff']:+.1f}%); "
+                             f"params {spec['params']} vs {spec['mamba_params']}")
     if rep["tile"]:
         lines += ["", f"NETWORK PER {r.args.tile}x{r.args.tile} LR TILE",
                   f"{'preset':8s} {'model':6s} {'impl':10s} {'amp':5s} {'batch':>5s} {'ms':>10s} {'ms/tile':>9s} {'tiles/s':>9s} {'x CNN':>7s}"]
@@ -895,15 +899,18 @@ def print_table(r: Runner) -> None:
     if rep["frame"]:
         lines += ["", (f"NETWORK PER TILED LR FRAME (tile {r.args.tile}, overlap {r.args.overlap}; model = tiles on device, network only; "
                        "e2e = Upscaler.upscale_chw, e2e-u8 = Upscaler on a uint8 frame, transfers included; * = extrapolated)"),
-                  f"{'preset':8s} {'model':6s} {'impl':10s} {'amp':5s} {'frame':6s} {'path':6s} {'tiles':>5s} {'batch':>5s} {'ms':>10s} {'fps':>8s} {'x CNN':>7s}"]
+                  f"{'preset':8s} {'model':6s} {'impl':10s} {'amp':5s} {'frame':6s} {'path':6s} {'tiles':>5s} {'batch':>5s} "
+                  f"{'ms':>10s} {'fps':>8s} {'x CNN':>7s}"]
         for x in rep["frame"]:
             star = "*" if x.get("extrapolated") else " "
-            lines.append(f"{x.get('preset', '?'):8s} {x.get('model', '?'):6s} {x.get('impl', '?'):10s} {x.get('amp', '-'):5s} {x.get('frame', '?'):6s} "
-                         f"{x.get('path', '?'):6s} {_f(x.get('tiles'), '{:d}'):>5s} {_f(x.get('batch_used', x.get('batch')), '{:d}'):>5s} "
-                         f"{_f(x.get('ms'), '{:10.1f}'):>10s}{star}{_f(x.get('fps'), '{:7.2f}'):>8s} {_f(x.get('x_cnn'), '{:7.2f}'):>7s} {_status(x)}")
+            lines.append(f"{x.get('preset', '?'):8s} {x.get('model', '?'):6s} {x.get('impl', '?'):10s} {x.get('amp', '-'):5s} "
+                         f"{x.get('frame', '?'):6s} {x.get('path', '?'):6s} {_f(x.get('tiles'), '{:d}'):>5s} "
+                         f"{_f(x.get('batch_used', x.get('batch')), '{:d}'):>5s} {_f(x.get('ms'), '{:10.1f}'):>10s}{star}"
+                         f"{_f(x.get('fps'), '{:7.2f}'):>8s} {_f(x.get('x_cnn'), '{:7.2f}'):>7s} {_status(x)}")
     if rep["train"]:
         lines += ["", "TRAINING STEP (fwd+bwd+Adam; bf16 autocast on CUDA)",
-                  f"{'preset':8s} {'model':6s} {'impl':10s} {'batch':>5s} {'patch':>5s} {'ms/step':>10s} {'10K it min':>10s} {'peak GiB':>8s} {'x CNN':>7s}"]
+                  f"{'preset':8s} {'model':6s} {'impl':10s} {'batch':>5s} {'patch':>5s} {'ms/step':>10s} {'10K it min':>10s} "
+                  f"{'peak GiB':>8s} {'x CNN':>7s}"]
         for x in rep["train"]:
             lines.append(f"{x.get('preset', '?'):8s} {x.get('model', '?'):6s} {x.get('impl', '?'):10s} {_f(x.get('batch'), '{:d}'):>5s} "
                          f"{_f(x.get('patch'), '{:d}'):>5s} {_f(x.get('ms'), '{:10.1f}'):>10s} {_f(x.get('minutes_10k'), '{:10.1f}'):>10s} "

@@ -78,7 +78,8 @@ def main() -> None:
                 print(f"{preset:8s} {scan:9s} compile={compiled!s:5s} step {r['step_ms_median']:8.1f} ms  "
                       f"first {r['first_step_s']:6.1f} s  peak {r['peak_mem_gib'] or 0:.1f} GiB", flush=True)
     report = {
-        "command": " ".join([sys.executable, *sys.argv]), "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
+        "command": " ".join([sys.executable, *sys.argv]),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "results": rows,
     }
     if args.json:

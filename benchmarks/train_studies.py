@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from itertools import pairwise
 from pathlib import Path
 
 
@@ -19,7 +20,7 @@ def summarise(run: Path) -> dict:
     config = json.loads((run / "config.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     final = json.loads((run / "eval.json").read_text())["datasets"]["Set5"]
-    steps = [(b["step"] - a["step"], b["elapsed_s"] - a["elapsed_s"]) for a, b in zip(rows, rows[1:]) if b["step"] > a["step"]]
+    steps = [(b["step"] - a["step"], b["elapsed_s"] - a["elapsed_s"]) for a, b in pairwise(rows) if b["step"] > a["step"]]
     powers = [r["gpu_power_w"] for r in rows if r.get("gpu_power_w") is not None]
     train = config["train"]
     return {
@@ -46,7 +47,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results = [summarise(run) for run in sorted(args.runs.iterdir()) if (run / "eval.json").is_file()]
-    header = f"{'run':12s} {'init':22s} {'dt rank':>7s} {'alpha':>5s} {'params':>8s} {'steps':>5s} {'Set5 PSNR':>9s} {'SSIM':>6s} {'ms/step':>7s} {'W':>5s} {'kJ':>6s}"
+    header = (f"{'run':12s} {'init':22s} {'dt rank':>7s} {'alpha':>5s} {'params':>8s} {'steps':>5s} {'Set5 PSNR':>9s} {'SSIM':>6s} "
+              f"{'ms/step':>7s} {'W':>5s} {'kJ':>6s}")
     print(header)
     for r in results:
         alpha = "-" if r["alpha"] is None else f"{r['alpha']:.1f}"

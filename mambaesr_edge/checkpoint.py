@@ -1,7 +1,8 @@
 """Loading and saving weights, apart from the model.
 
-Our format: safetensors with the model config in its metadata (key "mambaesr_edge.config"), so one file fully
-describes its model. Outside checkpoints: DVMSR's plain state_dict and BasicSR's {'params', 'params_ema'} .pth
+Our format: safetensors with the model config in its metadata (weights_format.CONFIG_KEY), so one file fully
+describes its model. Key names, shapes and the checks' messages are weights_format's, shared with model_numpy.
+Outside checkpoints: DVMSR's plain state_dict and BasicSR's {'params', 'params_ema'} .pth
 files, read with `torch.load(weights_only=True)`: a pickle that carries code is refused, never executed.
 Configs of outside checkpoints are inferred from tensor shapes; a preset, when given, must match them exactly.
 """
@@ -18,17 +19,25 @@ from pathlib import Path
 
 import torch
 
-from .errors import ArchitectureMismatchError, ConfigError, WeightsError
+from .errors import ArchitectureMismatchError, WeightsError
 from .fileio import atomic_write, sha256_file  # noqa: F401  (sha256_file is part of this module's API)
 from .model import MambaSR
 from .presets import ModelConfig, get_preset
 from .resources import default_weights_path
+from .weights_format import (
+    BLOCK_KEY,
+    CONFIG_KEY,
+    FORMAT,
+    FORMAT_KEY,
+    GROUP_KEY,
+    MIXER,
+    block_prefix,
+    check_shapes,
+    check_values,
+    config_from_metadata,
+)
 
 log = logging.getLogger(__name__)
-
-CONFIG_KEY = "mambaesr_edge.config"
-FORMAT_KEY = "mambaesr_edge.format"
-FORMAT = "1"
 
 
 @dataclass(frozen=True)
@@ -59,12 +68,7 @@ def _read_safetensors(path: Path) -> LoadedWeights:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"corrupt or unreadable safetensors file {path}: {exc}", hint="re-download or re-export it") from exc
-    try:
-        config = ModelConfig.from_json(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else None
-    except ConfigError as exc:
-        raise WeightsError(
-            f"{path} carries an invalid model config ({exc.message})", hint="re-save the weights with mambaesr-edge"
-        ) from exc
+    config = config_from_metadata(metadata, str(path))
     return LoadedWeights(tensors, config, metadata, sha256_file(path), "mambaesr-edge" if config else "safetensors")
 
 
@@ -138,9 +142,9 @@ def infer_config(state_dict: dict[str, torch.Tensor], scale: int | None = None) 
     """Read a DVMSR-layout config off tensor shapes (orders and block residual cannot be seen: raster, none)."""
     try:
         embed_dim, in_channels = state_dict["conv_first.weight"].shape[:2]
-        groups = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("layers."))
-        blocks = 1 + max(int(k.split(".")[4]) for k in state_dict if k.startswith("layers.0.residual_group.blocks."))
-        prefix = "layers.0.residual_group.blocks.0.mixer."
+        groups = 1 + max(int(m.group(1)) for m in map(GROUP_KEY.match, state_dict) if m)
+        blocks = 1 + max(int(m.group(2)) for m in map(BLOCK_KEY.match, state_dict) if m and m.group(1) == "0")
+        prefix = block_prefix(0, 0) + MIXER
         d_inner, d_state = state_dict[prefix + "A_log"].shape
         d_conv = state_dict[prefix + "conv1d.weight"].shape[-1]
         dt_rank = state_dict[prefix + "dt_proj.weight"].shape[1]
@@ -166,42 +170,22 @@ def infer_config(state_dict: dict[str, torch.Tensor], scale: int | None = None) 
 
 def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
     """Strict key and shape check; the error lists missing, unexpected and mis-shaped keys."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mis_shaped = [
-        f"{k} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(state_dict))
-        if state_dict[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or mis_shaped:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
-            if items:
-                parts.append(f"{len(items)} {label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}")
-        raise ArchitectureMismatchError(
-            f"weights {name} do not fit the model: " + "; ".join(parts),
-            hint="pick the preset the weights were trained with (--preset), or omit --preset to infer it",
-        )
+    check_shapes(
+        {k: tuple(v.shape) for k, v in state_dict.items()},
+        {k: tuple(v.shape) for k, v in model.state_dict().items()},
+        name,
+        hint="pick the preset the weights were trained with (--preset), or omit --preset to infer it",
+    )
 
 
 def check_tensor_values(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
     """Float parameters need float tensors (any float width is cast to float32) holding finite numbers."""
     expected = model.state_dict()
-    not_float = [
-        f"{k} ({v.dtype})" for k, v in state_dict.items() if expected[k].is_floating_point() and not v.is_floating_point()
-    ]
-    if not_float:
-        raise WeightsError(
-            f"weights {name} hold non-float tensors for float parameters: {', '.join(not_float[:4])}",
-            hint="the file is damaged or was converted wrongly; re-export it (float16/bfloat16/float32/float64 load)",
-        )
-    not_finite = [k for k, v in state_dict.items() if not torch.isfinite(v).all()]
-    if not_finite:
-        raise WeightsError(
-            f"weights {name} contain NaN or infinite values in {', '.join(not_finite[:4])}",
-            hint="the training run diverged or the file is damaged; use an earlier checkpoint",
-        )
+    check_values(
+        name,
+        not_float=[f"{k} ({v.dtype})" for k, v in state_dict.items() if expected[k].is_floating_point() and not v.is_floating_point()],
+        not_finite=(k for k, v in state_dict.items() if not torch.isfinite(v).all()),
+    )
 
 
 def load_model(

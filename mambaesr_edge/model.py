@@ -18,6 +18,7 @@ from torch import nn
 from .orders import order_permutation
 from .presets import ModelConfig
 from .scan import selective_scan
+from .weights_format import LAYER_NORM_EPS
 
 
 class Mixer(nn.Module):
@@ -74,7 +75,7 @@ class Mixer(nn.Module):
         if not single_raster:
             inverses = [order_permutation(o, height, width)[1].to(x.device) for o in self.orders]
             parts = y.split(batch, dim=0)  # K x (B, Di, L)
-            y = sum(part.index_select(2, inv) for part, inv in zip(parts, inverses))  # (B, Di, L) back in raster order
+            y = sum(part.index_select(2, inv) for part, inv in zip(parts, inverses, strict=True))  # (B, Di, L) back in raster order
             y = y * F.silu(z)  # (B, Di, L)
         return self.out_proj(y.transpose(1, 2))  # (B, L, C)
 
@@ -82,7 +83,7 @@ class Mixer(nn.Module):
 class Block(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(config.embed_dim)
+        self.norm = nn.LayerNorm(config.embed_dim, eps=LAYER_NORM_EPS)
         self.mixer = Mixer(config)
         self.residual = config.block_residual
 
@@ -116,7 +117,7 @@ class ResidualGroup(nn.Module):
 class _PatchEmbed(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
 
 
 def _image_to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +145,7 @@ class MambaSR(nn.Module):
         self.conv_first = nn.Conv2d(ch, dim, 3, padding=1)
         self.patch_embed = _PatchEmbed(dim)
         self.layers = nn.ModuleList(ResidualGroup(config) for _ in range(config.groups))
-        self.norm_f = nn.LayerNorm(dim)
+        self.norm_f = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.conv_after_body = nn.Conv2d(dim, dim, 3, padding=1)
         self.upsample = nn.Sequential(nn.Conv2d(dim, ch * config.scale**2, 3, padding=1), nn.PixelShuffle(config.scale))
 

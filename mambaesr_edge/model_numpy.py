@@ -13,29 +13,60 @@ convolutions gather their 9 shifted windows into one (L, 9*C_in) matrix and do o
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import nullcontext
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ArchitectureMismatchError, WeightsError
 from .presets import ModelConfig
+from .weights_format import LAYER_NORM_EPS, MIXER, block_prefix, check_shapes, check_values, config_from_metadata, expected_shapes, group_prefix
 
 __all__ = ["NumpyMambaSR", "check_weights", "expected_shapes", "read_numpy_weights", "selective_scan_tokens", "supports"]
 
-CONFIG_KEY = "mambaesr_edge.config"  # as checkpoint.CONFIG_KEY (that module imports torch)
-CHUNK = 16  # tokens per chunk, as scan.CHUNK
+CHUNK = 16  # tokens per chunk (scan.CHUNK is the torch scan's own choice; the result does not depend on either)
 BLOCK = 256  # tokens per block: a block's two (T, chunks, N, D) buffers stay in L2 (1 MiB each for the default
 # model's D*N = 1024); on 2 cores the baby forward took 0.49-0.52 s with blocks of 64-256 tokens, 0.58 s with 512,
 # 0.65 s with 2048 (torch: 0.47-0.49 s in the same runs)
-LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
 NUMPY_FLOAT_DTYPES = {"F16", "F32", "F64"}  # safetensors dtype names numpy reads as floats
 
 
+def _any(value: object) -> bool:
+    return True
+
+
+# Every ModelConfig field with the values this forward implements. supports() fails closed: a field added to
+# ModelConfig and not listed here makes every config unsupported (torch runs it) until this forward implements it
+# (tests/test_model_numpy.py breaks on such a field).
+IMPLEMENTED_FIELDS: dict[str, Callable[[object], bool]] = {
+    "scale": _any,  # PixelShuffle by any factor
+    "in_channels": lambda value: value == 3,  # RGB: the mean and the PixelShuffle are 3-channel
+    "embed_dim": _any,
+    "groups": _any,
+    "blocks_per_group": _any,
+    "d_state": _any,
+    "expand": _any,
+    "d_conv": _any,
+    "dt_rank": _any,
+    "block_residual": _any,  # both
+    "scan_orders": lambda value: tuple(value) == ("raster",),  # the single raster order; the others are torch-only
+    "rgb_mean": _any,
+}
+
+
+def unsupported(config: ModelConfig) -> list[str]:
+    """The fields of `config` this forward does not implement, as "name=value" (empty: `supports(config)`)."""
+    fields = [f.name for f in dataclasses.fields(config)]
+    return [f"{name}={getattr(config, name)!r}" for name in fields if not IMPLEMENTED_FIELDS.get(name, lambda _: False)(getattr(config, name))]
+
+
 def supports(config: ModelConfig) -> bool:
-    """Whether this forward covers `config` (the single raster scan order; other orders are torch-only)."""
-    return tuple(config.scan_orders) == ("raster",)
+    """Whether this forward covers `config` (every field listed in IMPLEMENTED_FIELDS, with a value it implements)."""
+    return not unsupported(config)
 
 
 def read_numpy_weights(path: str | Path, *, header_only: bool = False) -> tuple[dict[str, np.ndarray], ModelConfig | None]:
@@ -54,53 +85,22 @@ def read_numpy_weights(path: str | Path, *, header_only: bool = False) -> tuple[
             arrays = {} if header_only else {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"corrupt or unreadable safetensors file {path}: {exc}", hint="re-download or re-export it") from exc
-    config = ModelConfig.from_json(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else None
+    config = config_from_metadata(metadata, str(path))
     if arrays and config is not None:
         check_weights(arrays, config, Path(path).name)
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}, config
 
 
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter of `MambaSR(config)` with its shape (tests/test_model_numpy.py holds this to the torch model)."""
-    c, di = config.embed_dim, config.d_inner
-    shapes = {"conv_first.weight": (c, config.in_channels, 3, 3), "conv_first.bias": (c,),
-              "patch_embed.norm.weight": (c,), "patch_embed.norm.bias": (c,)}
-    for g in range(config.groups):
-        for b in range(config.blocks_per_group):
-            p = f"layers.{g}.residual_group.blocks.{b}."
-            shapes.update({
-                p + "norm.weight": (c,), p + "norm.bias": (c,), p + "mixer.A_log": (di, config.d_state), p + "mixer.D": (di,),
-                p + "mixer.in_proj.weight": (2 * di, c), p + "mixer.conv1d.weight": (di, 1, config.d_conv), p + "mixer.conv1d.bias": (di,),
-                p + "mixer.x_proj.weight": (config.dt_rank + 2 * config.d_state, di), p + "mixer.dt_proj.weight": (di, config.dt_rank),
-                p + "mixer.dt_proj.bias": (di,), p + "mixer.out_proj.weight": (c, di),
-            })
-        shapes.update({f"layers.{g}.conv.weight": (c, c, 3, 3), f"layers.{g}.conv.bias": (c,)})
-    out = config.in_channels * config.scale**2
-    shapes.update({"norm_f.weight": (c,), "norm_f.bias": (c,), "conv_after_body.weight": (c, c, 3, 3), "conv_after_body.bias": (c,),
-                   "upsample.0.weight": (out, c, 3, 3), "upsample.0.bias": (out,)})
-    return shapes
-
-
 def check_weights(arrays: dict[str, np.ndarray], config: ModelConfig, name: str) -> None:
-    """The checks of checkpoint.check_state_dict / check_tensor_values, with the same messages: keys and shapes
-    fit `config`, float dtypes, finite values."""
-    expected = expected_shapes(config)
-    missing = sorted(set(expected) - set(arrays))
-    unexpected = sorted(set(arrays) - set(expected))
-    mis_shaped = [f"{k} {arrays[k].shape} != {expected[k]}" for k in sorted(set(expected) & set(arrays)) if arrays[k].shape != expected[k]]
-    if missing or unexpected or mis_shaped:
-        parts = [f"{len(items)} {label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}"
-                 for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)) if items]
-        raise ArchitectureMismatchError(f"weights {name} do not fit the model: " + "; ".join(parts),
-                                        hint="the file's stored config does not match its tensors: re-save it")
-    not_float = [f"{k} ({v.dtype})" for k, v in arrays.items() if not np.issubdtype(v.dtype, np.floating)]
-    if not_float:
-        raise WeightsError(f"weights {name} hold non-float tensors for float parameters: {', '.join(not_float[:4])}",
-                           hint="the file is damaged or was converted wrongly; re-export it (float16/bfloat16/float32/float64 load)")
-    not_finite = [k for k, v in arrays.items() if not np.isfinite(v).all()]
-    if not_finite:
-        raise WeightsError(f"weights {name} contain NaN or infinite values in {', '.join(not_finite[:4])}",
-                           hint="the training run diverged or the file is damaged; use an earlier checkpoint")
+    """checkpoint's checks, shared through weights_format (same messages): keys and shapes fit `config`, float
+    dtypes, finite values."""
+    check_shapes({k: v.shape for k, v in arrays.items()}, expected_shapes(config), name,
+                 hint="the file's stored config does not match its tensors: re-save it")  # fmt: skip
+    check_values(
+        name,
+        not_float=[f"{k} ({v.dtype})" for k, v in arrays.items() if not np.issubdtype(v.dtype, np.floating)],
+        not_finite=(k for k, v in arrays.items() if not np.isfinite(v).all()),
+    )
 
 
 def _silu(x: np.ndarray) -> np.ndarray:
@@ -181,11 +181,9 @@ class NumpyMambaSR:
     def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], *, threads: int = 1) -> None:
         """``threads`` > 1: the scan's channels are split over that many threads (numpy releases the GIL). With
         L2-sized blocks one thread was as fast or faster on 2 cores (benchmarks/cpu_upscale.py --levers numpy)."""
-        if not supports(config):
-            raise ArchitectureMismatchError(
-                f"the numpy forward covers the raster scan order only, this model uses {config.scan_orders}",
-                hint="use --backend torch",
-            )
+        missing = unsupported(config)
+        if missing:
+            raise ArchitectureMismatchError(f"the numpy forward does not implement this model's {', '.join(missing)}", hint="use --backend torch")
         self.config = config
         self.scale = config.scale
         self.w = weights
@@ -216,7 +214,7 @@ class NumpyMambaSR:
             y = selective_scan_tokens(seq, delta, A, b_in, c_out)  # (L, Di)
         else:  # channels are independent in the scan
             edges = np.linspace(0, c.d_inner, self.threads + 1).astype(int)
-            parts = [pool.submit(selective_scan_tokens, seq[:, a:b], delta[:, a:b], A[a:b], b_in, c_out) for a, b in zip(edges, edges[1:])]
+            parts = [pool.submit(selective_scan_tokens, seq[:, a:b], delta[:, a:b], A[a:b], b_in, c_out) for a, b in pairwise(edges)]
             y = np.concatenate([part.result() for part in parts], axis=1)  # (L, Di)
         y = (y + seq * w[p + "D"]) * _silu(z)  # (L, Di)
         return y @ w[p + "out_proj.weight"].T  # (L, C)
@@ -231,10 +229,11 @@ class NumpyMambaSR:
         for g in range(c.groups):
             out = tokens
             for b in range(c.blocks_per_group):
-                p = f"layers.{g}.residual_group.blocks.{b}."
-                mixed = self._mixer(_layer_norm(out, w[p + "norm.weight"], w[p + "norm.bias"]), p + "mixer.", pool)
+                p = block_prefix(g, b)
+                mixed = self._mixer(_layer_norm(out, w[p + "norm.weight"], w[p + "norm.bias"]), p + MIXER, pool)
                 out = out + mixed if c.block_residual else mixed
-            tokens = _conv3x3(out.reshape(h, wd, -1), w[f"layers.{g}.conv.weight"], w[f"layers.{g}.conv.bias"]) + tokens
+            p = group_prefix(g)
+            tokens = _conv3x3(out.reshape(h, wd, -1), w[p + "conv.weight"], w[p + "conv.bias"]) + tokens
         body = _layer_norm(tokens, w["norm_f.weight"], w["norm_f.bias"])
         body = _conv3x3(body.reshape(h, wd, -1), w["conv_after_body.weight"], w["conv_after_body.bias"]) + feat
         up = _conv3x3(body.reshape(h, wd, -1), w["upsample.0.weight"], w["upsample.0.bias"])  # (L, 3 s^2)

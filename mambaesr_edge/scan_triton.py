@@ -105,7 +105,9 @@ def _scan_bwd_kernel(
         dy_t = tl.load(dy_ptr + pid_b * sdy_b + offs_d * sdy_d + t * sdy_l, mask=mask_d, other=0.0)  # (BD,)
         h_t = tl.load(h_ptr + pid_b * sh_b + t * sh_l + offs_d[:, None] * sh_d + offs_n[None, :], mask=mask_dn, other=0.0)
         h_prev = tl.load(
-            h_ptr + pid_b * sh_b + (t - 1) * sh_l + offs_d[:, None] * sh_d + offs_n[None, :], mask=mask_dn & ((offs_n * 0 + t) > 0)[None, :], other=0.0
+            h_ptr + pid_b * sh_b + (t - 1) * sh_l + offs_d[:, None] * sh_d + offs_n[None, :],
+            mask=mask_dn & ((offs_n * 0 + t) > 0)[None, :],
+            other=0.0,
         )  # (BD, BN)
         tl.store(dc_ptr + part + t * n_state + offs_n, tl.sum(h_t * dy_t[:, None], axis=0), mask=mask_n)  # (BN,)
         g = g + dy_t[:, None] * c_t[None, :]  # (BD, BN)

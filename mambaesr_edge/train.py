@@ -138,7 +138,7 @@ def _weights_bytes(model: MambaSR, meta: dict[str, str]) -> bytes:
     """The file `save_weights` writes, made in memory (so a failed write is a plain OSError with its errno)."""
     from safetensors.torch import save
 
-    from .checkpoint import CONFIG_KEY, FORMAT, FORMAT_KEY
+    from .weights_format import CONFIG_KEY, FORMAT, FORMAT_KEY
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return save(tensors, metadata={CONFIG_KEY: model.config.to_json(), FORMAT_KEY: FORMAT, **meta})
@@ -170,9 +170,9 @@ def _save_checkpoint(run_dir: Path, model: MambaSR, ema: MambaSR, optimizer, ste
                 "model": _cpu_state(model), "ema": _cpu_state(ema)}, state)
     try:
         ckpt.mkdir(parents=True, exist_ok=True)
-        for tmp, data in zip(tmps, (_weights_bytes(model, meta), _weights_bytes(ema, meta), state.getvalue())):
+        for tmp, data in zip(tmps, (_weights_bytes(model, meta), _weights_bytes(ema, meta), state.getvalue()), strict=True):
             _write_bytes(tmp, data)
-        for tmp, name in zip(tmps, names):
+        for tmp, name in zip(tmps, names, strict=True):
             os.replace(tmp, ckpt / name)
     except OSError as exc:
         raise _write_error(exc, f"the step-{step} checkpoint", run_dir) from exc
@@ -347,7 +347,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
         optimizer.step()
         with torch.no_grad():
             decay = ema_decay(cfg, step)
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
+            for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
                 p_ema.lerp_(p, 1.0 - decay)
         step += 1
         samples_seen += cfg.batch_size
@@ -429,7 +429,7 @@ def _finish_run(run_dir: Path, ema: MambaSR, cfg: TrainConfig) -> None:
         if not points:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(*zip(*points), marker="." if key == "val_psnr" else None)
+        ax.plot(*zip(*points, strict=True), marker="." if key == "val_psnr" else None)
         ax.set_xlabel("step")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)

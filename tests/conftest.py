@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Fixtures that read ../shared: a test using one (directly or through another fixture) is marked `data` here, and
+# also by hand (tests/test_data_markers.py fails on a test without the explicit mark, so `-m "not data"` reads right
+# in the source too).
+DATA_FIXTURES = frozenset({"shared_dir", "benchmark_dir", "dvmsr_weights"})
 
 
 def _shared_dir() -> Path | None:
@@ -49,6 +53,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         has_trt = False
     is_jetson = Path("/etc/nv_tegra_release").exists()
     for item in items:
+        if DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.data)
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
         if "tensorrt" in item.keywords and not has_trt:

@@ -180,6 +180,18 @@ def test_fp16_graph_moves_fewer_bytes(bundle):
     assert fp16.matmul_flops_fp16 > 0 and fp32.matmul_flops_fp16 == 0
 
 
+def test_cost_model_sizes_every_node_of_the_fp16_graph(bundle, caplog):
+    """The fp16 graph's mixer (chunk -> Slice with bounds from Shape arithmetic, then conv1d, x_proj, ...) used to be
+    left unsized: `export` warned of 27 uncounted nodes and the fp16 cost missed half the FLOPs (issue 13)."""
+    with caplog.at_level("INFO", logger="mambaesr_edge.export.cost"):
+        fp32, fp16 = graph_cost(bundle / "model.onnx"), graph_cost(bundle / "model_fp16.onnx")
+    assert fp16.unknown_shape_nodes == 0 and fp32.unknown_shape_nodes == 0
+    assert [r.getMessage() for r in caplog.records] == []
+    assert fp16.matmul_flops_fp16 + fp16.matmul_flops_fp32 == pytest.approx(fp32.matmul_flops_fp32, rel=1e-9)
+    assert fp16.flops == pytest.approx(fp32.flops, rel=1e-3)  # the fp16 graph's extra nodes are Casts (no FLOPs)
+    assert json.loads((bundle / "cost.json").read_text())["cost"]["unknown_shape_nodes"] == 0
+
+
 # ---------------------------------------------------------------- dynamic H/W
 
 

@@ -132,3 +132,64 @@ def test_weights_that_do_not_fit_are_refused_as_torch_refuses_them(tmp_path):
     # the CPU default selection leaves what numpy cannot read to torch (bf16 loads there; int8 gets torch's refusal)
     assert numpy_config(tmp_path / "bf16.safetensors", None) is None
     assert numpy_config(good, None) == model.config
+
+
+def test_supports_names_every_model_config_field():
+    """supports() fails closed: a field ModelConfig gains must be listed (with the values this forward implements)."""
+    import dataclasses
+
+    from mambaesr_edge.model_numpy import IMPLEMENTED_FIELDS
+    from mambaesr_edge.presets import ModelConfig
+
+    assert set(IMPLEMENTED_FIELDS) == {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+def test_supports_refuses_what_it_does_not_implement():
+    import dataclasses
+
+    from mambaesr_edge.errors import ArchitectureMismatchError
+    from mambaesr_edge.model_numpy import unsupported
+    from mambaesr_edge.presets import ModelConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class NewerConfig(ModelConfig):
+        gated_skip: bool = True  # a field this forward has never heard of
+
+    base = get_preset("test")
+    assert supports(base) and supports(base.replace(block_residual=True, scale=2, dt_rank=3))
+    assert not supports(NewerConfig(**dataclasses.asdict(base) | {"scan_orders": ("raster",), "rgb_mean": (0.5, 0.5, 0.5)}))
+    assert unsupported(base.replace(in_channels=1)) == ["in_channels=1"]
+    with pytest.raises(ArchitectureMismatchError, match=r"does not implement this model's scan_orders=\('raster', 'column'\)"):
+        NumpyMambaSR(base.replace(scan_orders=("raster", "column")), {})
+
+
+def test_numpy_and_torch_loaders_refuse_bad_weights_with_one_message(tmp_path):
+    from safetensors.torch import save_file
+
+    from mambaesr_edge.errors import MambaESRError
+
+    model = MambaSR(get_preset("test"))
+    meta = {"mambaesr_edge.config": model.config.to_json()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cases = {
+        "shape": {**state, "conv_first.weight": state["conv_first.weight"][:4]},
+        "missing": {k: v for k, v in state.items() if k != "norm_f.bias"},
+        "nan": {**state, "conv_first.bias": torch.full_like(state["conv_first.bias"], float("inf"))},
+        "config": state,
+    }
+    for name, tensors in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        metadata = meta if name != "config" else {"mambaesr_edge.config": '{"scale": 5}'}  # an invalid stored config
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+        with pytest.raises(MambaESRError) as from_torch:
+            load_model(path)
+        with pytest.raises(MambaESRError) as from_numpy:
+            read_numpy_weights(path)
+        assert type(from_torch.value) is type(from_numpy.value) and from_torch.value.message == from_numpy.value.message, name
+
+
+def test_the_numpy_forward_never_imports_torch():
+    code = "import sys, mambaesr_edge.model_numpy, mambaesr_edge.weights_format\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr

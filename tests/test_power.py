@@ -71,10 +71,12 @@ def _keyed(records: list[tuple[str, str]]) -> dict[tuple[str, int], str]:
     return keyed
 
 
+@pytest.mark.data
 def test_every_fixture_line_has_an_expected_total(records):
     assert set(_keyed(records)) == set(EXPECTED)
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("key", sorted(EXPECTED, key=lambda k: (int(k[0][1:-1]), k[1])))
 def test_fixture_line_totals(records, key):
     line = _keyed(records)[key]
@@ -86,6 +88,7 @@ def test_fixture_line_totals(records, key):
     assert parsed.gpu_clock_mhz == clock
 
 
+@pytest.mark.data
 def test_fixture_rails(records):
     lines = _keyed(records)
     assert parse_tegrastats_line(lines[("[1]", 0)]).rails == {"VDD_IN": 12479, "VDD_CPU_GPU_CV": 4667, "VDD_SOC": 2817}

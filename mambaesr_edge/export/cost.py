@@ -6,7 +6,7 @@ This is how scan designs are compared for Jetson without a Jetson. Counting rule
 - element-wise ops (Add, Mul, Exp, Sigmoid, ...): 1 FLOP per output element (transcendentals count 1);
   LayerNormalization 5 per element; reductions 1 per input element.
 - data movement (Gather, Slice, Concat, Pad, Transpose, Cast, DepthToSpace, ...): 0 FLOPs.
-Shapes hidden behind Shape arithmetic are taken from the graph constant-folded by ONNX Runtime. Bytes:
+Shapes hidden behind Shape arithmetic are computed from the known shapes (see _tensor_info). Bytes:
 - `intermediate_bytes`: the size of every tensor a node writes, views (Reshape, Unsqueeze, Squeeze, Flatten,
   Identity) and shape arithmetic excluded: each is written once, so this is a lower bound on memory traffic for an
   engine that fuses nothing; `weight_bytes`: initializers; `io_bytes`: graph input + output.
@@ -113,17 +113,15 @@ def _shape_of(value_info) -> tuple[int, ...] | None:
     return tuple(dims)
 
 
-def graph_cost(model: str | Path | object, input_shape: tuple[int, int, int, int] | None = None, *, fold: bool = True) -> GraphCost:
+def graph_cost(model: str | Path | object, input_shape: tuple[int, int, int, int] | None = None) -> GraphCost:
     """Count FLOPs and bytes of an ONNX graph (a path or a ModelProto). `input_shape` pins dynamic input dims.
 
-    The graph is counted node by node as it is (a simplified graph has fewer no-op nodes, e.g. zero Pads).
-    `fold`: size the tensors that shape inference cannot (behind the Shape arithmetic the TorchScript exporter
-    leaves) from the graph constant-folded by ONNX Runtime; see _tensor_info."""
+    The graph is counted node by node as it is (a simplified graph has fewer no-op nodes, e.g. zero Pads)."""
     onnx = require_onnx()
     proto = onnx.load(str(model)) if isinstance(model, (str, Path)) else model
     if input_shape is not None:
         proto = _pin_input(proto, input_shape)
-    info, types = _tensor_info(proto, fold)
+    info, types = _tensor_info(proto)
     graph = proto.graph
     weight_bytes = 0.0
     for init in graph.initializer:
@@ -137,15 +135,13 @@ def graph_cost(model: str | Path | object, input_shape: tuple[int, int, int, int
 
     per_op: dict[str, list[float]] = {}
     mm16 = mm32 = other = inter = traffic = 0.0
-    unknown = 0
+    unknown: list[str] = []
     largest = ("", "", (), 0.0)
     for node in graph.node:
         if any(o and o not in info for o in node.output):
-            _propagate(node, info, types)
-        if any(o and o not in info for o in node.output):
             if not all(types.get(o) in _INDEX_TYPES for o in node.output if o):
-                unknown += 1  # an unsized float tensor: a real gap in the count
-            continue  # else integer shape arithmetic folded away by ONNX Runtime: no cost
+                unknown.append(node.op_type)  # an unsized float tensor: a real gap in the count
+            continue  # else integer shape arithmetic: no cost
         flops = _node_flops(node, info)
         if node.op_type in MATMUL_LIKE:
             is_fp16 = info.get(node.input[0], ((), 1))[1] in (10, 16)
@@ -166,7 +162,8 @@ def graph_cost(model: str | Path | object, input_shape: tuple[int, int, int, int
     io = sum(nbytes(v.name) for v in list(graph.input) + list(graph.output))
     by_op = tuple(sorted((OpCost(op, int(c), f, b) for op, (c, f, b) in per_op.items()), key=lambda c: (-c.flops, -c.bytes_written)))
     if unknown:
-        log.warning("cost model: %d nodes have no inferred output shape and are not counted", unknown)
+        log.warning("cost model: %d nodes (%s) have no inferred output shape and are not counted (the reasons: --debug)",
+                    len(unknown), ", ".join(sorted(set(unknown))))
     shape_in = info.get(graph.input[0].name, ((), 1))[0]
     return GraphCost(
         input_shape=shape_in,
@@ -181,78 +178,99 @@ def graph_cost(model: str | Path | object, input_shape: tuple[int, int, int, int
         traffic_bytes=traffic,
         largest_tensor=largest,
         by_op=by_op,
-        unknown_shape_nodes=unknown,
+        unknown_shape_nodes=len(unknown),
     )
 
 
-def _tensor_info(proto, fold: bool) -> tuple[dict[str, tuple[tuple[int, ...], int]], dict[str, int]]:
+def _tensor_info(proto) -> tuple[dict[str, tuple[tuple[int, ...], int]], dict[str, int]]:
     """(name -> (shape, ONNX elem type) for every tensor whose shape is known, name -> elem type for all).
 
-    Types come from the graph itself. Shapes come from its shape inference and, for the tensors that inference
-    cannot size (behind Shape arithmetic), from the same graph constant-folded by ONNX Runtime (names are kept; only
-    the shapes are taken from it: ORT's CPU provider also rewrites fp16 nodes to fp32, so its types are not used)."""
+    ONNX shape inference sizes most tensors; it cannot size the ones behind the Shape arithmetic the TorchScript
+    exporter leaves (e.g. `chunk` becomes Slice with bounds computed from Shape -> Gather -> Add -> Div -> Mul: the
+    inference's data propagation has no Div). `_complete_shapes` then walks the graph once more and computes that
+    integer arithmetic from the now-known shapes, so every node is sized (fp16 graphs included)."""
     onnx = require_onnx()
-
-    def collect(model) -> tuple[dict, dict]:
-        g = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
-        shapes, types = {}, {}
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            types[vi.name] = vi.type.tensor_type.elem_type
-            shape = _shape_of(vi)
-            if shape is not None:
-                shapes[vi.name] = shape
-        for init in g.initializer:
-            shapes[init.name], types[init.name] = tuple(init.dims), init.data_type
-        return shapes, types
-
-    shapes, types = collect(proto)
-    if fold and any(o and o not in shapes for node in proto.graph.node for o in node.output):
-        folded_shapes, _ = collect(_fold(proto))
-        shapes = {**folded_shapes, **shapes}
+    g = onnx.shape_inference.infer_shapes(proto, data_prop=True).graph
+    shapes, types = {}, {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        types[vi.name] = vi.type.tensor_type.elem_type
+        shape = _shape_of(vi)
+        if shape is not None:
+            shapes[vi.name] = shape
+    for init in g.initializer:
+        shapes[init.name], types[init.name] = tuple(init.dims), init.data_type
+    if any(o and o not in shapes for node in proto.graph.node for o in node.output):
+        _complete_shapes(proto, shapes, types)
     return {name: (shape, types.get(name, 1)) for name, shape in shapes.items()}, types
 
 
-def _propagate(node, info: dict, types: dict) -> None:
-    """Size the output of a shape-preserving node whose size neither inference nor folding gave (e.g. a Cast that
-    ONNX Runtime removed): element-wise/Cast -> broadcast of the inputs, Transpose -> permuted input, Slice with
-    computed bounds -> its input's shape (an upper bound)."""
+def _constant_tensor(node):
+    """The value of a Constant node as a TensorProto (the `value` attribute; the scalar/list forms made into one)."""
+    onnx = require_onnx()
     import numpy as np
 
-    inputs = [info[i][0] for i in node.input if i and i in info]
-    if not inputs or len(node.output) != 1:
-        return
-    op = node.op_type
-    if op in ELEMENTWISE or op in ("Cast", "Identity", "Slice"):
-        try:
-            shape = tuple(np.broadcast_shapes(*inputs)) if op in ELEMENTWISE else info[node.input[0]][0]
-        except (ValueError, KeyError):
-            return
-    elif op == "Transpose" and node.input[0] in info:
-        source = info[node.input[0]][0]
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), list(range(len(source)))[::-1])
-        shape = tuple(source[p] for p in perm)
-    else:
-        return
-    info[node.output[0]] = (shape, types.get(node.output[0], 1))
+    attr = node.attribute[0]
+    if attr.name == "value":
+        return attr.t
+    data = {"value_float": attr.f, "value_floats": list(attr.floats), "value_int": attr.i, "value_ints": list(attr.ints)}.get(attr.name)
+    if data is None:
+        raise ValueError(f"Constant {node.name} with a {attr.name} attribute")
+    dtype = np.float32 if attr.name.startswith("value_float") else np.int64
+    return onnx.numpy_helper.from_array(np.asarray(data, dtype=dtype), node.output[0])
 
 
-def _fold(proto):
-    """The graph after ONNX Runtime's basic (standard-op) optimisations; unchanged when onnxruntime is missing."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        log.warning("onnxruntime is not installed: cost model on the unfolded graph (some shapes may be unknown)")
-        return proto
-    import tempfile
-
+def _complete_shapes(proto, shapes: dict[str, tuple[int, ...]], types: dict[str, int]) -> None:
+    """Size, in place, the tensors ONNX shape inference left unsized: one pass over the nodes (in graph order, which
+    is topological) keeping the values of the integer tensors (shape arithmetic, small); a Shape node's value is its
+    input's shape; an integer node whose inputs all have values is evaluated (onnx.reference); a node with an unsized
+    output is inferred again by its own schema, with the known input values (e.g. a Slice's computed bounds)."""
     onnx = require_onnx()
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = str(Path(tmp) / "folded.onnx")
-        options.log_severity_level = 3
-        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return onnx.load(options.optimized_model_filepath)
+    import numpy as np
+    from onnx.reference import ReferenceEvaluator
+
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    values: dict[str, np.ndarray] = {
+        init.name: onnx.numpy_helper.to_array(init) for init in proto.graph.initializer if init.data_type in _INDEX_TYPES
+    }
+    for node in proto.graph.node:
+        outputs = [o for o in node.output if o]
+        if node.op_type == "Constant":
+            value = onnx.numpy_helper.to_array(_constant_tensor(node))
+            shapes.setdefault(outputs[0], tuple(value.shape))
+            if value.dtype.kind in "iub":
+                values[outputs[0]] = value
+            continue
+        if node.op_type == "Shape" and node.input[0] in shapes:
+            start = next((a.i for a in node.attribute if a.name == "start"), 0)
+            end = next((a.i for a in node.attribute if a.name == "end"), None)
+            values[outputs[0]] = np.asarray(shapes[node.input[0]][start:end], dtype=np.int64)
+        elif all(types.get(o) in _INDEX_TYPES for o in outputs) and all(i in values for i in node.input if i):
+            try:
+                results = ReferenceEvaluator(node, opsets=opsets).run(None, {i: values[i] for i in node.input if i})
+            except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as exc:
+                log.info("cost model: cannot evaluate %s %s (%s)", node.op_type, node.name, exc)
+                continue
+            values.update({o: np.asarray(r) for o, r in zip(node.output, results, strict=True) if o})
+        for out in outputs:
+            if out in values:
+                shapes[out] = tuple(values[out].shape)
+        if all(o in shapes for o in outputs) or not all(i in shapes for i in node.input if i):
+            continue
+        schema = onnx.defs.get_schema(node.op_type, opsets.get(node.domain, 1), node.domain)
+        input_types = {i: onnx.helper.make_tensor_type_proto(types.get(i, 1), shapes[i]) for i in node.input if i}
+        input_data = {i: onnx.numpy_helper.from_array(values[i], i) for i in node.input if i in values}
+        try:
+            inferred = onnx.shape_inference.infer_node_outputs(schema, node, input_types, input_data, opset_imports=list(proto.opset_import))
+        except onnx.shape_inference.InferenceError as exc:
+            log.info("cost model: cannot size %s %s (%s)", node.op_type, node.name, exc)
+            continue
+        for out, type_proto in inferred.items():
+            tensor = type_proto.tensor_type
+            if out not in shapes and tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim):
+                shapes[out] = tuple(d.dim_value for d in tensor.shape.dim)
+                types.setdefault(out, tensor.elem_type)
+        if not all(o in shapes for o in outputs):
+            log.info("cost model: cannot size %s %s (its output size depends on tensor values)", node.op_type, node.name)
 
 
 def _pin_input(proto, shape: tuple[int, ...]):
@@ -260,7 +278,7 @@ def _pin_input(proto, shape: tuple[int, ...]):
 
     pinned = copy.deepcopy(proto)
     dims = pinned.graph.input[0].type.tensor_type.shape.dim
-    for dim, value in zip(dims, shape):
+    for dim, value in zip(dims, shape, strict=True):
         dim.ClearField("dim_param")
         dim.dim_value = value
     return pinned
@@ -295,11 +313,11 @@ def _einsum_flops(node, info, out_elems: int) -> float:
     equation = next(at.s.decode() for at in node.attribute if at.name == "equation").replace(" ", "")
     lhs, _, rhs = equation.partition("->")
     sizes: dict[str, int] = {}
-    for term, name in zip(lhs.split(","), node.input):
+    for term, name in zip(lhs.split(","), node.input, strict=True):
         shape = info.get(name, ((),))[0]
         if "." in term or len(term) != len(shape):
             return 2.0 * out_elems  # ellipsis or unknown shape: a lower bound
-        sizes.update(zip(term, shape))
+        sizes.update(zip(term, shape, strict=True))
     summed = set(re.sub(r"[^a-zA-Z]", "", lhs)) - set(rhs)
     return 2.0 * math.prod(sizes.values()) if summed else float(out_elems)
 

@@ -180,7 +180,7 @@ def _psnr_vs_hr(out: np.ndarray, hr: np.ndarray, scale: int) -> float:
     from ..metrics import psnr
 
     sr = np.clip(np.rint(out.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
-    values = [psnr(s, h, crop_border=scale) for s, h in zip(sr, hr)]
+    values = [psnr(s, h, crop_border=scale) for s, h in zip(sr, hr, strict=True)]
     return float(np.mean([v for v in values if math.isfinite(v)] or [math.inf]))
 
 

@@ -292,7 +292,8 @@ class LatencyController:
             self._batch_trial = None
             if ema >= 0.95 * before_ema:
                 self._settings = before
-                record(self.decisions, Decision("latency", f"batch {s.batch} -> {before.batch}", f"larger batch did not help ({ema * 1e3:.1f} ms vs {before_ema * 1e3:.1f} ms)", frame))
+                reason = f"larger batch did not help ({ema * 1e3:.1f} ms vs {before_ema * 1e3:.1f} ms)"
+                record(self.decisions, Decision("latency", f"batch {s.batch} -> {before.batch}", reason, frame))
                 return
         if s.tile is not None and s.overlap > self.min_overlap:
             new = max(self.min_overlap, s.overlap // 2)

@@ -130,7 +130,7 @@ def plan_tiles(image_hw: tuple[int, int], tile_hw: tuple[int, int] | int, overla
     hw = (int(image_hw[0]), int(image_hw[1]))
     _check_plan_args(hw, tile, overlap)
     pads = []
-    for n, t in zip(hw, tile):
+    for n, t in zip(hw, tile, strict=True):
         total = max(0, t - n)
         pads += [total // 2, total - total // 2]
     padded = (hw[0] + pads[0] + pads[1], hw[1] + pads[2] + pads[3])
@@ -335,7 +335,7 @@ def tiled_apply(
     def outputs() -> Iterator[tuple[int, np.ndarray]]:
         for batch in make_batches([(0, padded, plan)], batch_size):
             result = fn(batch.tiles)
-            for ref, out in zip(batch.refs, result):
+            for ref, out in zip(batch.refs, result, strict=True):
                 yield ref.index, out
 
     return blend_tiles(plan, outputs(), scale, blend, channels=image.shape[0])
@@ -346,6 +346,6 @@ def group_outputs(refs: Sequence[TileRef], outputs: np.ndarray) -> dict[int, lis
     if len(refs) != len(outputs):
         raise ValueError(f"{len(refs)} tile refs but {len(outputs)} outputs")
     grouped: dict[int, list[tuple[int, np.ndarray]]] = {}
-    for ref, out in zip(refs, outputs):
+    for ref, out in zip(refs, outputs, strict=True):
         grouped.setdefault(ref.image_id, []).append((ref.index, out))
     return grouped
