@@ -19,7 +19,7 @@ read_bundle, Bundle, and the named errors (MambaESRError and its subclasses).
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -74,29 +74,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(__all__)
 
-
-if TYPE_CHECKING:  # for type checkers and IDEs only; at run time the names load on first use
-    from .bundle import Bundle, read_bundle
-    from .checkpoint import load_model, save_weights
-    from .errors import (
-        ArchitectureMismatchError,
-        BackendError,
-        BundleError,
-        ConfigError,
-        DatasetError,
-        DependencyMissingError,
-        DiskFullError,
-        EngineMismatchError,
-        ImageError,
-        Interrupted,
-        MambaESRError,
-        WeightsError,
-    )
-    from .export.writer import ExportOptions, export_bundle, export_model
-    from .model import MambaSR
-    from .presets import PRESETS, ModelConfig, get_preset
-    from .profiles import DeviceProfile, list_profiles, load_profile
-    from .runtime.backends import Backend, BackendInfo, open_backend
-    from .runtime.errors import NumericalError
-    from .runtime.upscaler import Upscaler
-    from .scan import selective_scan

@@ -159,7 +159,7 @@ def _write_latency_csv(result: BenchResult, path: Path) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["index", "start_s", "latency_ms"])
-        for i, (t, lat) in enumerate(zip(result.starts, result.latencies_s)):
+        for i, (t, lat) in enumerate(zip(result.starts, result.latencies_s, strict=True)):
             writer.writerow([i, f"{t - result.origin:.6f}", f"{lat * 1000:.4f}"])
 
 
@@ -205,7 +205,7 @@ def _plot(result: BenchResult, report: dict[str, Any], path: Path) -> None:
             if hi > lo:
                 ax.axvspan(lo, hi, color=colour, alpha=0.12, lw=0, label=f"{name} window")
         handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
+        unique = dict(zip(labels, handles, strict=True))
         ax.legend(unique.values(), unique.keys(), loc="upper left", fontsize=8, ncols=2)
         ax.grid(alpha=0.3)
     fig.savefig(path, format="png", dpi=110)

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_processes import Cli, check_complete, temp_files, write_images
 from PIL import Image
 
-from cli_processes import Cli, check_complete, temp_files, write_images
 from mambaesr_edge.checkpoint import save_weights
 from mambaesr_edge.fileio import atomic_write
 from mambaesr_edge.images import load_image, save_image

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from cli_processes import check_complete, one_line_error, run_cli, snapshot, temp_files, write_images
+
 from mambaesr_edge.checkpoint import save_weights
 from mambaesr_edge.model import MambaSR
 from mambaesr_edge.presets import get_preset

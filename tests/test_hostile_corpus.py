@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import hostile_corpus as hc
 import pytest
 import torch
 from PIL import Image
 
-import hostile_corpus as hc
 from mambaesr_edge import fileio
 from mambaesr_edge.checkpoint import save_weights
 from mambaesr_edge.cli import main

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from mambaesr_edge.errors import ImageError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
+from mambaesr_edge.errors import ImageError
 from mambaesr_edge.images import load_image
 from mambaesr_edge.metrics import (
     bicubic_downscale_uint8,

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from mambaesr_edge.bundle import EngineEnvironment, read_bundle
+from mambaesr_edge.bundle import engine_problems as engine_manifest_problems
 from mambaesr_edge.checkpoint import save_weights, sha256_file
 from mambaesr_edge.model import MambaSR
 from mambaesr_edge.presets import get_preset
 from mambaesr_edge.runtime import Backend, Upscaler, open_backend
 from mambaesr_edge.runtime.backends import resolve_backend_name
 from mambaesr_edge.runtime.backends.torch import TorchBackend
-from mambaesr_edge.bundle import EngineEnvironment, read_bundle
-from mambaesr_edge.bundle import engine_problems as engine_manifest_problems
 from mambaesr_edge.runtime.errors import BackendError, BundleError
 
 TILE = 16

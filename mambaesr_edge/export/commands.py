@@ -35,8 +35,8 @@ def export_command(
     """Export ONNX (+ fp16 variant) for a device, prove it against PyTorch, model its cost, and build or script the engine."""
     from ..checkpoint import load_model
     from ..profiles import load_profile
-    from .writer import ExportOptions, export_bundle
     from .parity import ParityError
+    from .writer import ExportOptions, export_bundle
 
     profile = load_profile(device)
     model, loaded = load_model(weights, preset, scan_impl="chunked", param_key=param_key)

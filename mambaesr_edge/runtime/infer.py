@@ -134,7 +134,9 @@ def _batch_size(backend: Backend, settings: TileSettings) -> int:
     return min(settings.batch, limit) if limit else settings.batch
 
 
-def _tile_outputs(backend: Backend, fallback: Backend | None, padded: np.ndarray, plan: TilePlan, settings: TileSettings, decisions) -> Iterator[tuple[int, np.ndarray]]:
+def _tile_outputs(
+    backend: Backend, fallback: Backend | None, padded: np.ndarray, plan: TilePlan, settings: TileSettings, decisions
+) -> Iterator[tuple[int, np.ndarray]]:
     for batch in make_batches([(0, padded, plan)], _batch_size(backend, settings)):
         out = run_checked(backend, fallback, batch.tiles, settings.precision, decisions)
         for ref, tile_out in zip(batch.refs, out, strict=True):

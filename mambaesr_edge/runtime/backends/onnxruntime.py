@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ...bundle import Bundle
-from ...presets import ModelConfig
 from ...errors import MambaESRError
+from ...presets import ModelConfig
 from ..errors import BackendError
 from .base import BackendInfo
 
