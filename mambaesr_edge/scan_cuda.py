@@ -40,7 +40,7 @@ class _ScanParams(ctypes.Structure):
     ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_library(arch: str) -> ctypes.CDLL:
     """The scan library for `arch` ('sm_90', ...), built on first use, loaded once per process."""
     lib = ctypes.CDLL(str(cached_scan_library(arch)))

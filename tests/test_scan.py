@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from mambaesr_edge.errors import ConfigError, DependencyMissingError
-from mambaesr_edge.scan import CHUNK, CPU_BLOCK, _chunked_blocks_in_place, linear_recurrence, selective_scan
+from mambaesr_edge.scan import (
+    CHUNK,
+    CPU_BLOCK,
+    _chunked_blocks_in_place,
+    linear_recurrence,
+    selective_scan,
+)
 
 
 def _log_uniform(shape, low, high, generator):
