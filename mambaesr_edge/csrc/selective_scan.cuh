@@ -77,34 +77,47 @@ enum TileOp { kPlain = 0, kDelta = 1, kSilu = 2 };
 
 // Stages rows [row0, row0 + rows) x tokens [t0, t0 + kChunk) of a (batch, K, L) tensor into shared memory
 // (row r at dst + r * row_stride, token t at column(t)); zeros outside the tensor. Consecutive threads walk the
-// tensor's contiguous dimension, so the loads are coalesced for either layout.
+// tensor's contiguous dimension, so the loads are coalesced for either layout; each thread issues kInFlight loads
+// before it uses any (a loop that stored each value before the next load would wait a full memory latency per element).
+constexpr int kInFlight = 8;
+
 template <typename T, int Op>
 __device__ __forceinline__ void stage_tile(float* dst, int row_stride, T const* src, int64_t const* stride, int b,
     int row0, int rows, int rows_total, int t0, int length, float const* bias, int softplus_on) {
     int const n = rows * kChunk;
     bool const token_fast = stride[2] == 1 || stride[1] != 1;
     T const* base = src + b * stride[0];
-    for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-        int r, t;
-        if (token_fast) {
-            r = idx / kChunk;
-            t = idx - r * kChunk;
-        } else {
-            t = idx / rows;
-            r = idx - t * rows;
-        }
-        int const row = row0 + r, tok = t0 + t;
-        float v = 0.0f;
-        if (row < rows_total && tok < length) {
-            v = to_float(base[row * stride[1] + tok * stride[2]]);
-            if (Op == kDelta) {
-                if (bias != nullptr) v += bias[row];
-                if (softplus_on) v = softplus(v);
-            } else if (Op == kSilu) {
-                v = v / (1.0f + expf(-v));
+    for (int first = threadIdx.x; first < n; first += kInFlight * blockDim.x) {
+        float v[kInFlight];
+        int slot[kInFlight], row_of[kInFlight];
+#pragma unroll
+        for (int k = 0; k < kInFlight; ++k) {
+            int const idx = first + k * blockDim.x;
+            int r = 0, t = 0;
+            if (token_fast) {
+                r = idx / kChunk;
+                t = idx - r * kChunk;
+            } else {
+                t = idx / rows;
+                r = idx - t * rows;
             }
+            int const row = row0 + r, tok = t0 + t;
+            slot[k] = idx < n ? r * row_stride + column(t) : -1;
+            row_of[k] = row;
+            v[k] = (idx < n && row < rows_total && tok < length) ? to_float(base[row * stride[1] + tok * stride[2]]) : 0.0f;
         }
-        dst[r * row_stride + column(t)] = v;
+#pragma unroll
+        for (int k = 0; k < kInFlight; ++k) {
+            if (slot[k] < 0) continue;
+            float x = v[k];
+            if (Op == kDelta) {  // positions past the tensor stay 0 (they are never stored) but may pass through here
+                if (bias != nullptr && row_of[k] < rows_total) x += bias[row_of[k]];
+                if (softplus_on) x = softplus(x);
+            } else if (Op == kSilu) {
+                x = x / (1.0f + expf(-x));
+            }
+            dst[slot[k]] = x;
+        }
     }
 }
 
@@ -254,12 +267,28 @@ inline cudaError_t launch_selective_scan(ScanParams const& p, cudaStream_t strea
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (err != cudaSuccess) return err;
-    // Channels per block: the most (fewer B/C re-stagings per channel) that still gives every SM two blocks.
-    int cpb = kMaxChannelsPerBlock;
-    while (cpb > 2 && (int64_t(p.batch) * ((p.dim + cpb - 1) / cpb) < 2 * int64_t(sms) ||
-                       scan_smem_bytes(cpb, p.n_state) > size_t(smem_optin))) {
-        cpb /= 2;
+    // Channels per block: the choice that needs the fewest waves of resident blocks; among equals the most channels
+    // (fewer B/C stagings per channel, less staging per thread).
+    int cpb = 0;
+    int64_t best_waves = 0;
+    for (int c = kMaxChannelsPerBlock; c >= 2; c /= 2) {
+        size_t const bytes = scan_smem_bytes(c, p.n_state);
+        if (bytes > size_t(smem_optin)) continue;
+        int per_sm = 0;
+        void const* fn = p.dtype == kScanFloat32 ? (void const*)selective_scan_fwd_kernel<float>
+                                                 : (void const*)selective_scan_fwd_kernel<__half>;
+        err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+        if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, c * kLanes, bytes);
+        if (err != cudaSuccess) return err;
+        if (per_sm < 1) continue;
+        int64_t const n_blocks = int64_t(p.batch) * ((p.dim + c - 1) / c);
+        int64_t const waves = (n_blocks + int64_t(per_sm) * sms - 1) / (int64_t(per_sm) * sms);
+        if (cpb == 0 || waves < best_waves) {
+            cpb = c;
+            best_waves = waves;
+        }
     }
+    if (cpb == 0) return cudaErrorInvalidValue;  // n_state too large for this GPU's shared memory
     size_t const smem = scan_smem_bytes(cpb, p.n_state);
     if (smem > size_t(smem_optin)) return cudaErrorInvalidValue;
     int64_t const blocks = int64_t(p.batch) * ((p.dim + cpb - 1) / cpb);
