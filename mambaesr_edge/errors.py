@@ -64,3 +64,7 @@ class Interrupted(MambaESRError):
     Raised in place of a KeyboardInterrupt by the code behind CLI commands (the library itself lets KeyboardInterrupt
     through, after removing its temporary files). The CLI prints "interrupted: MESSAGE" and exits with code 130.
     """
+
+
+class NativeCodeError(MambaESRError):
+    """The native CUDA code (mambaesr_edge/csrc) failed to build or to run."""

@@ -15,7 +15,7 @@ from .errors import ConfigError
 # Scan orders are token permutations of the raster sequence (see model.py). "_rev" reverses any order.
 BASE_ORDERS = ("raster", "column", "diagonal", "spiral")
 # Selective-scan implementation names (scan.py implements them); here so the CLI can list them without torch.
-SCAN_IMPLS = ("auto", "reference", "chunked", "triton", "mamba_ssm")
+SCAN_IMPLS = ("auto", "reference", "chunked", "triton", "cuda", "mamba_ssm")
 
 SCAN_ORDER_SETS = {
     "raster": ("raster",),

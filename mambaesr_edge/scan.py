@@ -36,6 +36,8 @@ Implementations (`impl=`):
 - ``"triton"``: fused Triton kernels (scan_triton.py): state in registers, one pass over L (blocks of steps
   scanned in parallel), forward and backward; without autograd the whole scan (bias, softplus, D, gate) is one kernel.
   CUDA only (or the CPU under TRITON_INTERPRET=1, for tests). The default on CUDA.
+- ``"cuda"``: the native CUDA kernel of csrc/ (the one the TensorRT plugin runs), built with nvcc on first use and
+  called through ctypes (scan_cuda.py); the whole scan in one kernel, forward only (inference). CUDA only.
 - ``"mamba_ssm"``: the CUDA kernel from the optional `mamba-ssm` package.
 - ``"auto"``: ``triton`` for CUDA tensors when Triton is installed, else ``mamba_ssm`` when that is, else ``chunked``.
 
@@ -76,7 +78,13 @@ def selective_scan(
     """Run the selective scan. Shapes: u, delta, z (batch, dim, L); A (dim, N); B, C (batch, N, L). Returns (batch, dim, L)."""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     impl = resolve_impl(impl, u.device)
-    fn = {"reference": _scan_reference, "chunked": _scan_chunked, "triton": _scan_triton, "mamba_ssm": _scan_mamba_ssm}[impl]
+    fn = {
+        "reference": _scan_reference,
+        "chunked": _scan_chunked,
+        "triton": _scan_triton,
+        "cuda": _scan_cuda,
+        "mamba_ssm": _scan_mamba_ssm,
+    }[impl]
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
@@ -98,6 +106,8 @@ def resolve_impl(impl: str, device: torch.device) -> str:
             )
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ConfigError("scan impl 'triton' runs on CUDA tensors only", hint="use --scan chunked on CPU")
+    if impl == "cuda" and device.type != "cuda":
+        raise ConfigError("scan impl 'cuda' runs on CUDA tensors only", hint="use --scan chunked on CPU")
     if impl == "mamba_ssm":
         if not has_mamba_ssm:
             raise DependencyMissingError(
@@ -133,8 +143,14 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def stable_softplus(x: torch.Tensor) -> torch.Tensor:
-    """softplus(x) = max(x, 0) + log1p(exp(-|x|)): never exponentiates a positive number (safe in any precision)."""
-    return torch.clamp(x, min=0.0) + torch.log1p(torch.exp(-torch.abs(x)))
+    """softplus(x) = max(x, 0) + log1p(exp(-|x|)): never exponentiates a positive number (safe in any precision).
+
+    max(x, 0) is torch.maximum, whose autograd derivative at a tie is 1/2, so the whole derivative at x = 0 is
+    sigmoid(0) = 0.5 (a clamp's is 1 there, doubling d(delta) wherever delta + bias == 0). Elsewhere the two terms'
+    derivatives never cancel, so d/dx = sigmoid(x) to rounding. (torch.logaddexp would do too, but the TorchScript
+    ONNX exporter has no symbolic for it; maximum exports as Max.)
+    """
+    return torch.maximum(x, x.new_zeros(())) + torch.log1p(torch.exp(-torch.abs(x)))
 
 
 def _prepare_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
@@ -335,6 +351,13 @@ def _scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.T
     delta = _prepare_delta(delta.float(), delta_bias, delta_softplus)  # (batch, dim, L)
     y = triton_scan_core(u, delta, A, B, C)  # (batch, dim, L)
     return _finish(y, u, D, z, out_dtype)
+
+
+def _scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.Tensor:
+    """The native kernel (csrc/), built on first use; a DependencyMissingError names nvcc when it is absent."""
+    from .scan_cuda import cuda_scan
+
+    return cuda_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
 def _scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.Tensor:

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from mambaesr_edge.errors import ConfigError, DependencyMissingError
-from mambaesr_edge.scan import CHUNK, CPU_BLOCK, _chunked_blocks_in_place, linear_recurrence, selective_scan
+from mambaesr_edge.scan import (
+    CHUNK,
+    CPU_BLOCK,
+    _chunked_blocks_in_place,
+    linear_recurrence,
+    selective_scan,
+)
 
 
 def _log_uniform(shape, low, high, generator):
@@ -204,3 +210,33 @@ def test_chunked_exports_to_onnx_without_loops(tmp_path):
     feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
     (out,) = session.run(None, feeds)
     assert rel_error(torch.from_numpy(out), selective_scan(**inputs, impl="reference")) <= 1e-5
+
+
+def test_stable_softplus_gradient_is_sigmoid_also_at_zero():
+    """d softplus / dx = sigmoid(x): 0.5 at exactly 0 (a clamp-based max(x, 0) gave 1 there, doubling d(delta))."""
+    from mambaesr_edge.scan import stable_softplus
+
+    x = torch.tensor([-30.0, -1.0, -1e-8, 0.0, 1e-8, 1.0, 30.0], dtype=torch.float64, requires_grad=True)
+    y = stable_softplus(x)
+    y.sum().backward()
+    assert torch.allclose(y.detach(), torch.nn.functional.softplus(x.detach(), threshold=1000.0), rtol=1e-15, atol=0)
+    assert torch.allclose(x.grad, torch.sigmoid(x.detach()), rtol=1e-12, atol=0)
+    assert x.grad[3].item() == 0.5
+
+
+def test_scan_gradient_where_delta_plus_bias_is_zero():
+    """The scan's d(delta) and d(delta_bias) match autograd through torch's softplus when delta + bias == 0 exactly."""
+    inputs = make_inputs(1, 3, 9, 2, seed=4, options=("bias", "softplus"))
+    inputs["delta"] = -inputs["delta_bias"][None, :, None].expand(1, 3, 9).clone()  # delta + bias == 0 everywhere
+    grads = []
+    for softplus in (None, torch.nn.functional.softplus):
+        leaves = {k: v.clone().requires_grad_(True) if k in ("delta", "delta_bias") else v for k, v in inputs.items()}
+        if softplus is None:
+            out = selective_scan(**leaves, impl="reference")
+        else:  # the same scan with torch's own softplus applied outside
+            delta = softplus(leaves["delta"] + leaves["delta_bias"][:, None])
+            rest = {k: v for k, v in leaves.items() if k not in ("delta", "delta_bias", "delta_softplus")}
+            out = selective_scan(delta=delta, **rest, impl="reference")
+        out.sum().backward()
+        grads.append((leaves["delta"].grad, leaves["delta_bias"].grad))
+    assert torch.allclose(grads[0][0], grads[1][0], rtol=1e-12) and torch.allclose(grads[0][1], grads[1][1], rtol=1e-12)
