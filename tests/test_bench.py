@@ -220,9 +220,10 @@ def test_cli_bench_tiny_model(tmp_path, capsys):
     out = tmp_path / "bench"
     code = main(["bench", "--samples", "20", "--preset", "test", "--tile", "8", "--warmup", "1", "--idle-seconds", "0",
                  "--out", str(out), "--name", "tiny"])
-    printed = capsys.readouterr().out
-    assert code == 0, printed
-    assert "power: unavailable (no sampler on this machine)" in printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert code == 0, captured.err
+    assert "power: unavailable (no sampler on this machine)" in captured.err  # a note: stderr
     report = json.loads((out / "tiny.json").read_text())
     assert report["settings"]["backend"] == "onnxruntime" and report["settings"]["samples_completed"] == 20
     assert report["meta"]["profile"] == "x86-cpu" and report["meta"]["command"].startswith("mambaesr-edge bench")

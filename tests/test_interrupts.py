@@ -193,7 +193,7 @@ def start_bench(weights: Path, out: Path, cwd: Path) -> Cli:
 
 
 def timing(cli: Cli):
-    return lambda: any("timed" in line for line in cli.out)  # "..., 0 s idle, 1000000 timed" (maybe wrapped)
+    return lambda: any("timed" in line for line in cli.err)  # the note "..., 0 s idle, 1000000 timed" (stderr)
 
 
 def test_ctrl_c_during_bench_writes_a_complete_partial_report(weights, tmp_path):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
-from . import list_profiles, load_profile
-
-console = Console()
+from ..profiles import list_profiles, load_profile
+from .app import app, console
 
 profiles_app = typer.Typer(
     invoke_without_command=True,
@@ -54,6 +52,4 @@ def show_command(name: str = typer.Argument(..., help="Profile name (e.g. orin-n
     console.print(table)
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `profiles` command group to the main app."""
-    app.add_typer(profiles_app, name="profiles")
+app.add_typer(profiles_app, name="profiles")
