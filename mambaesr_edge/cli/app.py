@@ -148,7 +148,7 @@ def _root(
     ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
     threads: Optional[int] = typer.Option(
-        None, "--threads", help="CPU threads for inference (torch, onnxruntime, numpy). Also after the subcommand."
+        None, "--threads", help="CPU threads for inference (torch, onnxruntime, numpy); also after upscale, eval, bench, demo."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, notes or start-up decisions (warnings and errors still)."),
     version: bool = typer.Option(

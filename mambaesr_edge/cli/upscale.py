@@ -59,12 +59,7 @@ def upscale_command(
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Upscale an image, a folder (structure mirrored) or a video, tiled with blended overlaps; writes are atomic."""
-    from ..runtime.files import (
-        UpscaleRequest,
-        build_upscaler,
-        check_request,
-        upscale_path,
-    )
+    from ..runtime.files import UpscaleRequest, build_upscaler, check_request
 
     if weights is not None and model is not None:
         raise typer.BadParameter("give --model or --weights, not both", param_hint="--model")
@@ -97,26 +92,26 @@ def upscale_command(
     up = build_upscaler(request)
     set_torch_threads(request.threads, only_if_loaded=True)
     options.decisions(up.startup_decisions)
-    summary = _run(request, up, options, upscale_path)
-    if summary.kind == "image":
-        (w, h), (ow, oh) = summary.input_size, summary.output_size
-        console.print(f"{request.input} {w}x{h} -> {summary.target} {ow}x{oh} in {summary.seconds:.2f} s", highlight=False, markup=False)
-    elif summary.kind == "video":
-        fps = summary.written / summary.seconds if summary.seconds else 0.0
-        console.print(
-            f"{request.input} {summary.input_size[0]}x{summary.input_size[1]} -> {summary.target} x{summary.scale:g}: "
-            f"{summary.written} frames in {summary.seconds:.1f} s ({fps:.2f} frames/s)", highlight=False, markup=False,
-        )
-    else:
-        console.print(
-            f"{summary.written} written, {summary.skipped} skipped (exist; --overwrite replaces), {len(summary.failed)} failed, "
-            f"in {summary.seconds:.1f} s", highlight=False, markup=False,
-        )
+    summary = _run(request, up, options)
+    console.print(_summary_line(request, summary), highlight=False, markup=False)
     summary.raise_for_failures()  # a folder run with failed files fails after finishing the others (exit 2)
 
 
-def _run(request, up, options: GlobalOptions, upscale_path):
+def _summary_line(request, summary) -> str:
+    if summary.kind == "image":
+        (w, h), (ow, oh) = summary.input_size, summary.output_size
+        return f"{request.input} {w}x{h} -> {summary.target} {ow}x{oh} in {summary.seconds:.2f} s"
+    if summary.kind == "video":
+        fps = summary.written / summary.seconds if summary.seconds else 0.0
+        return (f"{request.input} {summary.input_size[0]}x{summary.input_size[1]} -> {summary.target} x{summary.scale:g}: "
+                f"{summary.written} frames in {summary.seconds:.1f} s ({fps:.2f} frames/s)")
+    return (f"{summary.written} written, {summary.skipped} skipped (exist; --overwrite replaces), {len(summary.failed)} failed, "
+            f"in {summary.seconds:.1f} s")
+
+
+def _run(request, up, options: GlobalOptions):
     """``upscale_path``; folders and videos under a progress bar on stderr, a folder's failed files printed there."""
+    from ..runtime.files import upscale_path
     from ..runtime.video import is_video
 
     if not (request.input.is_dir() or is_video(request.input)):
