@@ -67,7 +67,7 @@ t1 = time.perf_counter()
 from pathlib import Path
 import numpy as np
 from mambaesr_edge.images import load_image_any, save_image
-from mambaesr_edge.runtime.commands import UpscaleRequest, build_upscaler
+from mambaesr_edge.runtime.files import UpscaleRequest, build_upscaler
 t2 = time.perf_counter()
 timings["import_package"] = t2 - t1
 up = build_upscaler(UpscaleRequest(input=Path(image), output=Path(output), backend=backend or None, scan_impl=scan, overwrite=True))

@@ -93,7 +93,7 @@ def main() -> int:
             runs.append(("torch_fp32", ["--weights", args.weights, "--preset", "dvmsr", "--scan", "chunked"]))
         for name, model_args in runs:
             report_path = work / f"{name}.json"
-            command, seconds = cli("eval", *model_args, "-d", args.dataset, *tiling, "--json", report_path)
+            command, seconds = cli("eval", *model_args, "--dataset", args.dataset, *tiling, "--json", report_path)
             report = json.loads(report_path.read_text())
             result = next(iter(report["datasets"].values()))
             evals[name] = {

@@ -640,10 +640,10 @@ def upscale_image(args, work: Path) -> tuple[Path, str]:
 
 
 def upscale_rows(r: Runner, preset: str) -> None:
-    """`mambaesr-edge upscale` work on one LR image: Upscaler.from_path + runtime.commands.upscale_file (read, tile
+    """`mambaesr-edge upscale` work on one LR image: Upscaler.from_path + runtime.files.upscale_file (read, tile
     plan, run, blend, write PNG), as the CLI does, per path; then the CLI itself."""
     from mambaesr_edge.checkpoint import save_weights
-    from mambaesr_edge.runtime.commands import upscale_file
+    from mambaesr_edge.runtime.files import upscale_file
     from mambaesr_edge.runtime.upscaler import Upscaler
 
     args = r.args

@@ -4,11 +4,10 @@
 baseline), then N timed inferences, each device-synchronised (`backend.synchronize()`), timed on time.monotonic(),
 the clock the samplers stamp their samples with. Ctrl-C during the measurement returns what was measured, marked
 partial (the command writes that report, then exits 130); a sampler that dies mid-run leaves a gap that the report
-marks. `bench_report` turns a result into the report (JSON, CSV, PNG, table). `register(app)` adds the
-`mambaesr-edge bench` command.
+marks. `bench_report` turns a result into the report (JSON, CSV, PNG, table). The `mambaesr-edge bench` command is
+mambaesr_edge/cli/bench.py.
 """
 
-import json
 import logging
 import math
 import time
@@ -25,7 +24,7 @@ from .runtime.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BenchError", "BenchResult", "register", "run_bench", "tiles_per_frame"]
+__all__ = ["BenchError", "BenchResult", "run_bench", "tiles_per_frame"]
 
 
 class BenchError(MambaESRError):
@@ -263,153 +262,3 @@ def _params(config: Any) -> int | None:
     from .model import MambaSR, count_parameters
 
     return count_parameters(MambaSR(config))
-
-
-def _machine() -> dict[str, Any]:
-    import os
-    import platform
-    import sys
-
-    from .machine import cpu_model
-
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
-                            "python": platform.python_version()}
-    torch = sys.modules.get("torch")  # only when a backend already loaded it
-    if torch is not None and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    if Path("/etc/nv_tegra_release").is_file():
-        info["nv_tegra_release"] = Path("/etc/nv_tegra_release").read_text().strip().splitlines()[0]
-    return info
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from . import __version__
-
-    found = {"mambaesr_edge": __version__}  # also when run from a checkout that is not pip-installed
-    for package in ("numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return found
-
-
-def register(app: Any) -> None:
-    """Add `mambaesr-edge bench` to the typer app."""
-    import typer
-
-    # (no `from __future__ import annotations` in this module: typer reads these annotations, typer.Context included)
-    @app.command("bench")
-    def bench_command(
-        ctx: typer.Context,
-        samples: int = typer.Option(1000, "--samples", "-n", help="Timed inferences (the seed paper used 1000)."),
-        device: str = typer.Option("x86-cpu", "--device", help="Device profile (mambaesr-edge profiles)."),
-        backend: str | None = typer.Option(None, "--backend", help="torch, onnxruntime or tensorrt (default: the profile's)."),
-        model: Path | None = typer.Option(None, "--model", help="Weights (.safetensors/.pth), .onnx or .engine."),
-        bundle: Path | None = typer.Option(None, "--bundle", help="An export bundle folder."),
-        preset: str | None = typer.Option(None, "--preset", "-p",
-                                             help="Preset of --model; without --model: a random-init network of it."),
-        tile: int | None = typer.Option(None, "--tile", help=f"LR tile side (default: the profile's, at most {DEFAULT_TILE_CAP})."),
-        batch: int | None = typer.Option(None, "--batch", help="Tiles per inference (default: the profile's)."),
-        frame: str = typer.Option("1920x1080", "--frame", help="LR frame WxH that frames/s is stated for."),
-        overlap: int | None = typer.Option(None, "--overlap", help="Tile overlap for frames/s (default: the profile's, at most tile/4)."),
-        warmup: int = typer.Option(10, "--warmup", help="Untimed inferences first."),
-        idle_seconds: float = typer.Option(5.0, "--idle-seconds", help="Idle window measured before timing."),
-        power: str = typer.Option("auto", "--power", help="auto, tegrastats, jtop, nvml or none."),
-        power_interval_ms: float | None = typer.Option(None, "--power-interval", help="Sampling interval in ms."),
-        run_on: str | None = typer.Option(None, "--run-on", help="cpu, cuda or auto (default: cpu for CPU profiles, else auto)."),
-        precision: str | None = typer.Option(None, "--precision", help="fp32 or fp16 (default: the profile's; fp32 on cpu)."),
-        scan: str = typer.Option("auto", "--scan", help="Scan implementation for the torch backend."),
-        out_dir: Path = typer.Option(Path("bench_out"), "--out", "-o", help="Folder for the JSON, CSVs and PNG."),
-        name: str = typer.Option("bench", "--name", help="File name stem of the outputs."),
-        note: str = typer.Option("", "--note", help="Free text kept in the JSON (power mode, conditions ...)."),
-    ) -> None:
-        """Latency, throughput and power of one backend: warm-up, idle baseline, N timed inferences."""
-        import tempfile
-
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TimeRemainingColumn,
-        )
-        from rich.table import Table
-
-        from .bench_report import check_output_dir, summary_rows, write_reports
-        from .power import select_sampler
-        from .profiles import load_profile
-
-        console = Console()
-        if samples < 1:
-            raise BenchError(f"--samples must be at least 1, got {samples}", hint="e.g. --samples 1000")
-        if model is not None and bundle is not None:
-            raise BenchError("--model and --bundle are exclusive", hint="pass one of them")
-        try:
-            frame_w, frame_h = (int(v) for v in frame.lower().split("x"))
-        except ValueError as exc:
-            raise BenchError(f"--frame must be WxH, got {frame!r}", hint="e.g. --frame 1920x1080") from exc
-        profile = load_profile(device)
-        tile = tile if tile is not None else min(profile.tile, DEFAULT_TILE_CAP)
-        batch = batch if batch is not None else profile.batch
-        overlap = overlap if overlap is not None else min(profile.overlap, tile // 4)
-        threads = ctx.find_root().params.get("threads")  # mambaesr-edge --threads N bench ...
-        check_output_dir(out_dir)
-        interval = power_interval_ms / 1000 if power_interval_ms is not None else None
-        sampler = select_sampler(profile, override=power, interval_s=interval)
-        if sampler.available:
-            console.print(f"power: {sampler.name} (every {sampler.interval_s * 1000:.0f} ms)")
-        else:
-            console.print(f"power: unavailable ({sampler.describe()['reason']})", highlight=False)
-        started, load_before = _utc_now(), _load_average()
-        with tempfile.TemporaryDirectory(prefix="mambaesr-bench-") as work:
-            opened, model_info = open_bench_backend(
-                backend, model=model, bundle=bundle, preset=preset, scan=scan, tile_hw=(tile, tile), batch=batch,
-                run_on=run_on, precision=precision, threads=threads, workdir=Path(work), profile=profile)
-            backend_name, run_on, precision = opened.info.name, opened.info.device, opened.info.precision
-            console.print(f"{opened.info.name}: {model_info.get('weights')}, tile {tile}x{tile}, batch {batch}, "
-                          f"{warmup} warm-up, {idle_seconds:g} s idle, {samples} timed", highlight=False)
-            columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-            with Progress(*columns, console=console, transient=True) as bar:
-                task = bar.add_task("inferences", total=samples)
-                result = run_bench(opened, samples=samples, warmup=warmup, idle_seconds=idle_seconds, sampler=sampler,
-                                   tile=tile, batch=batch, frame_hw=(frame_h, frame_w), overlap=overlap,
-                                   progress=lambda done, _total: bar.update(task, completed=done))
-        command = (f"mambaesr-edge{f' --threads {threads}' if threads else ''} bench --samples {samples} --device {device} "
-                   f"--backend {backend_name}" + (f" --model {model}" if model else "") + (f" --bundle {bundle}" if bundle else "")
-                   + (f" --preset {preset}" if preset else "") + f" --tile {tile} --batch {batch} --frame {frame_w}x{frame_h} --overlap {overlap}"
-                   f" --warmup {warmup} --idle-seconds {idle_seconds:g} --power {power} --run-on {run_on}"
-                   f" --precision {precision} --out {out_dir} --name {name}" + (f" --note {note!r}" if note else ""))
-        meta = {"command": command, "date": started, "finished": _utc_now(), "machine": _machine(),
-                "load_average": {"before": load_before, "after": _load_average()}, "versions": _versions(),
-                "profile": profile.name, "model": model_info, "run_on": run_on, "precision": precision,
-                "threads": threads, "backend_repr": repr(opened), "note": note}
-        paths = write_reports(result, out_dir, name, meta)
-        report = json.loads(paths["json"].read_text())
-        table = Table(title=f"bench: {profile.name}, {opened.info.name}", show_header=False)
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for metric, value in summary_rows(report):
-            table.add_row(metric, value)
-        console.print(table)
-        console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
-        if result.partial:  # Ctrl-C during the measurement: what was measured is kept, marked partial
-            from .errors import Interrupted
-
-            raise Interrupted(f"{result.completed} of {samples} timed inferences done; a complete report marked partial "
-                              f"was written to {paths['json']}")
-
-
-def _load_average() -> list[float] | None:
-    """1/5/15-minute load averages (other work on the machine skews CPU timings); None where the OS has none."""
-    import os
-
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def _utc_now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

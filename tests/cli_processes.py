@@ -92,9 +92,13 @@ def run_cli(*args: object, cwd: Path, file_size_limit: int | None = None, timeou
 
 
 def one_line_error(cli: Cli) -> list[str]:
-    """The non-empty stderr lines, after checking there is no traceback."""
+    """The non-empty stderr lines from the first ``error:`` or ``interrupted`` line on, after checking there is no
+    traceback. (The lines before it are the run's diagnostics, also on stderr: ``[startup] ...``, bench's
+    ``power: ...``, export's ``exporting ...``; --quiet drops them.)"""
     assert "Traceback" not in cli.stderr, cli.stderr
-    return [line for line in cli.stderr.splitlines() if line.strip()]
+    lines = [line for line in cli.stderr.splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if line.startswith(("error:", "interrupted"))), 0)
+    return lines[start:]
 
 
 def write_images(folder: Path, count: int, size: int = 32, seed: int = 0) -> Path:

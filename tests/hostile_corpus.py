@@ -172,7 +172,7 @@ def make_exif_rotated_jpeg(folder: Path) -> Path:
 
 
 def make_dataset(folder: Path) -> Path:
-    """A benchmark folder NAME/HR/ with one 48 x 40 image (what `eval -d` takes)."""
+    """A benchmark folder NAME/HR/ with one 48 x 40 image (what `eval` takes)."""
     root = folder / "Tiny"
     (root / "HR").mkdir(parents=True)
     Image.fromarray(rgb(48, 40)).save(root / "HR" / "a.png")

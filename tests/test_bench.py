@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -90,7 +91,7 @@ def test_latency_statistics_of_a_slow_backend():
     assert 2.0 <= lat["p50"] < 15.0
     assert lat["max"] >= 30.0 and lat["p99"] >= lat["p90"] >= lat["p50"] >= lat["min"] >= 2.0
     assert lat["mean"] == pytest.approx(np.mean(result.latencies_s) * 1000)
-    assert all(b >= a for a, b in zip(result.starts, result.starts[1:]))
+    assert all(b >= a for a, b in pairwise(result.starts))
 
 
 def test_power_windows_energy_and_gpu_stats():
@@ -219,9 +220,9 @@ def test_cli_bench_tiny_model(tmp_path, capsys):
     out = tmp_path / "bench"
     code = main(["bench", "--samples", "20", "--preset", "test", "--tile", "8", "--warmup", "1", "--idle-seconds", "0",
                  "--out", str(out), "--name", "tiny"])
-    printed = capsys.readouterr().out
-    assert code == 0, printed
-    assert "power: unavailable (no sampler on this machine)" in printed
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "power: unavailable (no sampler on this machine)" in captured.err  # a note: stderr
     report = json.loads((out / "tiny.json").read_text())
     # a random-init --preset network: the backend `upscale --preset` would run (torch), not ONNX Runtime
     assert report["settings"]["backend"] == "torch" and report["settings"]["samples_completed"] == 20

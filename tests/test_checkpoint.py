@@ -30,7 +30,7 @@ def test_safetensors_round_trip_carries_the_config(tmp_path):
     path = save_weights(model, tmp_path / "m.safetensors", {"note": "hello"})
     loaded, info = load_model(path)
     assert loaded.config == model.config and info.metadata["note"] == "hello"
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True))
 
 
 def test_module_prefix_and_inferred_config(tmp_path):

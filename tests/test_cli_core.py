@@ -39,7 +39,7 @@ def test_eval_reproduces_dvmsr_on_set5(scan, dvmsr_weights, benchmark_dir, tmp_p
 @pytest.mark.slow
 def test_eval_reproduces_dvmsr_on_set14(dvmsr_weights, benchmark_dir, tmp_path):
     out = tmp_path / "set14.json"
-    code = main(["eval", "-w", str(dvmsr_weights), "-d", str(benchmark_dir / "Set14"), "--scan", "reference", "--json", str(out)])
+    code = main(["eval", "-w", str(dvmsr_weights), str(benchmark_dir / "Set14"), "--scan", "reference", "--json", str(out)])
     assert code == 0
     set14 = json.loads(out.read_text())["datasets"]["Set14"]
     assert set14["images"] == 14
@@ -51,7 +51,7 @@ def test_eval_reproduces_dvmsr_on_set14(dvmsr_weights, benchmark_dir, tmp_path):
 def test_shipped_default_model_meets_the_bar_on_set5(benchmark_dir, tmp_path):
     """The README states 31.07 dB for the shipped default (the training issue's bar is 30.6; bicubic is 28.43)."""
     out = tmp_path / "default.json"
-    assert main(["eval", "-d", str(benchmark_dir / "Set5"), "--scan", "reference", "--json", str(out)]) == 0
+    assert main(["eval", str(benchmark_dir / "Set5"), "--scan", "reference", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["datasets"]["Set5"]["psnr"] == pytest.approx(31.074, abs=0.01)
     assert result["params"] == 151_368
@@ -91,7 +91,7 @@ def _fails_cleanly(args: list[str], capsys, expected: str, must_not_exist: Path 
 
 def test_bad_inputs_give_one_line_and_exit_2(tmp_path, tiny_dataset, test_weights, capsys):
     out = tmp_path / "out.json"
-    base = ["eval", "-d", str(tiny_dataset), "--json", str(out)]
+    base = ["eval", str(tiny_dataset), "--json", str(out)]
     _fails_cleanly([*base, "-w", str(tmp_path / "missing.pth")], capsys, "weights file not found", out)
     (tmp_path / "corrupt.pth").write_bytes(b"\x80\x04garbage")
     _fails_cleanly([*base, "-w", str(tmp_path / "corrupt.pth")], capsys, "corrupt or unreadable", out)
@@ -106,17 +106,17 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, tiny_dataset, test_weight
     torch.save({"fc.weight": torch.zeros(2)}, tmp_path / "other.pth")
     _fails_cleanly([*base, "-w", str(tmp_path / "other.pth")], capsys, "not a DVMSR-layout network", out)
     (tmp_path / "NoHR").mkdir()
-    _fails_cleanly(["eval", "-w", str(test_weights), "-d", str(tmp_path / "NoHR"), "--json", str(out)], capsys, "no HR/", out)
+    _fails_cleanly(["eval", "-w", str(test_weights), str(tmp_path / "NoHR"), "--json", str(out)], capsys, "no HR/", out)
     small = tmp_path / "Small"
     (small / "HR").mkdir(parents=True)
     Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(small / "HR" / "s.png")
-    _fails_cleanly(["eval", "-w", str(test_weights), "-d", str(small), "--json", str(out)], capsys, "smaller than", out)
-    _fails_cleanly(["eval", "-w", str(test_weights), "-d", str(tiny_dataset), "--scale", "2"], capsys, "upscales x4")
+    _fails_cleanly(["eval", "-w", str(test_weights), str(small), "--json", str(out)], capsys, "smaller than", out)
+    _fails_cleanly(["eval", "-w", str(test_weights), str(tiny_dataset), "--scale", "2"], capsys, "upscales x4")
     little = tmp_path / "Little"
     (little / "HR").mkdir(parents=True)
     Image.fromarray(np.zeros((16, 12, 3), np.uint8)).save(little / "HR" / "l.png")
-    _fails_cleanly(["eval", "-w", str(test_weights), "-d", str(little), "--json", str(out)], capsys, "too small for SSIM", out)
-    assert main(["eval", "-w", str(test_weights), "-d", str(tiny_dataset), "--json", str(out)]) == 0
+    _fails_cleanly(["eval", "-w", str(test_weights), str(little), "--json", str(out)], capsys, "too small for SSIM", out)
+    assert main(["eval", "-w", str(test_weights), str(tiny_dataset), "--json", str(out)]) == 0
     assert set(json.loads(out.read_text())["datasets"]["Tiny"]) >= {"psnr", "ssim", "images", "per_image"}
 
 
@@ -132,4 +132,4 @@ def test_upscale_refuses_to_overwrite_its_input(tmp_path, test_weights, capsys):
 
 def test_debug_flag_shows_the_traceback(tmp_path):
     with pytest.raises(Exception, match="weights file not found"):
-        main(["--debug", "eval", "-d", str(tmp_path), "-w", str(tmp_path / "missing.pth")])
+        main(["--debug", "eval", str(tmp_path), "-w", str(tmp_path / "missing.pth")])

@@ -198,7 +198,7 @@ def test_fp16_nan_on_the_device_falls_back_to_fp32(backend, fallback_kind):
 def test_stream_on_the_device_matches_single_calls(backend):
     up = Upscaler(backend, tile=16, overlap=4, batch=2, free_bytes=GB)
     frames = [image_hwc(18, 22, seed=i) for i in range(5)]
-    for frame, out in zip(frames, up.stream(frames, queue_size=1)):
+    for frame, out in zip(frames, up.stream(frames, queue_size=1), strict=True):
         np.testing.assert_array_equal(out, up(frame))
 
 

@@ -46,7 +46,8 @@ def dataset(tmp_path_factory) -> Path:
 def bundle(weights, tmp_path_factory) -> Path:
     """Dynamic-H/W bundle (fp32 + fp16 graphs) written by the export command, as users make one."""
     out = tmp_path_factory.mktemp("export") / "bundle"
-    args = ["export", "--device", "x86-cpu", "--weights", weights, "--out", out, "--tile", 16, "--dynamic", "--max-size", 16, "--fp16", "--no-simplify"]
+    args = ["export", "--device", "x86-cpu", "--weights", weights, "--out", out, "--tile", 16, "--dynamic", "--max-size", 16,
+            "--fp16", "--no-simplify"]
     assert main([str(a) for a in args]) == 0
     return out
 
@@ -62,8 +63,8 @@ def psnr_of(report: dict) -> float:
 
 
 def test_onnxruntime_bundle_matches_torch_whole_image(tmp_path, weights, dataset, bundle):
-    ref = run_eval(tmp_path, "torch", "-w", weights, "-d", dataset)
-    ort = run_eval(tmp_path, "ort", "--model", bundle, "--backend", "onnxruntime", "-d", dataset)
+    ref = run_eval(tmp_path, "torch", "-w", weights, "--dataset", dataset)
+    ort = run_eval(tmp_path, "ort", "--model", bundle, "--backend", "onnxruntime", "--dataset", dataset)
     assert ref["backend"] == "torch" and ort["backend"] == "onnxruntime"
     assert (ref["tile"], ref["overlap"]) == (0, 0)
     # the graph takes at most 256 tokens (--max-size 16): whole images are capped at 16x16 tiles, and these
@@ -74,15 +75,15 @@ def test_onnxruntime_bundle_matches_torch_whole_image(tmp_path, weights, dataset
     for key in ("params", "weights_sha256", "config", "scale"):
         assert ort[key] == ref[key], key
     # the backend follows from the path, and the plain .onnx file inside the bundle works too
-    assert psnr_of(run_eval(tmp_path, "file", "-m", bundle / "model.onnx", "-d", dataset)) == pytest.approx(psnr_of(ort), abs=1e-6)
+    assert psnr_of(run_eval(tmp_path, "file", "-m", bundle / "model.onnx", "--dataset", dataset)) == pytest.approx(psnr_of(ort), abs=1e-6)
 
 
 def test_tiled_eval_matches_between_backends_and_fp16_is_reported(tmp_path, weights, dataset, bundle):
-    ref = run_eval(tmp_path, "torch", "-m", weights, "-d", dataset, "--tile", 8, "--overlap", 2)
-    ort = run_eval(tmp_path, "ort", "-m", bundle, "-d", dataset, "--tile", 8, "--overlap", 2)
+    ref = run_eval(tmp_path, "torch", "-m", weights, "--dataset", dataset, "--tile", 8, "--overlap", 2)
+    ort = run_eval(tmp_path, "ort", "-m", bundle, "--dataset", dataset, "--tile", 8, "--overlap", 2)
     assert (ref["tile"], ref["overlap"]) == (ort["tile"], ort["overlap"]) == (8, 2)
     assert psnr_of(ort) == pytest.approx(psnr_of(ref), abs=0.01)
-    half = run_eval(tmp_path, "fp16", "-m", bundle, "-d", dataset, "--fp16")
+    half = run_eval(tmp_path, "fp16", "-m", bundle, "--dataset", dataset, "--fp16")
     assert half["precision"] == "fp16" and half["backend"] == "onnxruntime"
     assert psnr_of(half) == pytest.approx(psnr_of(ort), abs=0.1)
 
@@ -90,10 +91,10 @@ def test_tiled_eval_matches_between_backends_and_fp16_is_reported(tmp_path, weig
 def test_static_graph_forces_its_tile(tmp_path, weights, dataset):
     model, _ = load_model(weights, scan_impl="chunked")
     static = export_onnx(model, tmp_path / "static8.onnx", input_shape=(1, 3, 8, 8), simplify=False).path
-    forced = run_eval(tmp_path, "static", "-m", static, "-d", dataset, "--tile", 0, "--overlap", 2)
+    forced = run_eval(tmp_path, "static", "-m", static, "--dataset", dataset, "--tile", 0, "--overlap", 2)
     assert forced["tile"] == 8 and forced["overlap"] == 2 and forced["backend"] == "onnxruntime"
     assert any("fixed input shape" in d for d in forced["decisions"]) is False  # tile 0 asked: no conflict to report
-    ref = run_eval(tmp_path, "torch", "-w", weights, "-d", dataset, "--tile", 8, "--overlap", 2)
+    ref = run_eval(tmp_path, "torch", "-w", weights, "--dataset", dataset, "--tile", 8, "--overlap", 2)
     assert psnr_of(forced) == pytest.approx(psnr_of(ref), abs=0.01)
 
 
@@ -116,16 +117,16 @@ def test_one_evaluation_loop_for_model_and_upscaler(weights, dataset):
 
 
 def test_eval_user_errors(tmp_path, weights, dataset, bundle, capsys):
-    assert main(["eval", "-d", str(dataset), "-w", str(weights), "-m", str(bundle)]) == 2
+    assert main(["eval", str(dataset), "-w", str(weights), "-m", str(bundle)]) == 2
     assert "not both" in capsys.readouterr().err
-    assert main(["eval", "-d", str(dataset), "-m", str(bundle), "--backend", "torch"]) == 2
+    assert main(["eval", str(dataset), "-m", str(bundle), "--backend", "torch"]) == 2
     assert "no PyTorch weights" in capsys.readouterr().err
-    assert main(["eval", "-d", str(dataset), "-m", str(bundle), "--backend", "nope"]) == 2
+    assert main(["eval", str(dataset), "-m", str(bundle), "--backend", "nope"]) == 2
     assert "unknown backend" in capsys.readouterr().err
-    assert main(["eval", "-d", str(dataset), "-m", str(tmp_path / "missing.onnx")]) == 2
+    assert main(["eval", str(dataset), "-m", str(tmp_path / "missing.onnx")]) == 2
     assert "not found" in capsys.readouterr().err
-    assert main(["eval", "-d", str(dataset), "-w", str(weights), "--tile", "-1"]) == 2
+    assert main(["eval", str(dataset), "-w", str(weights), "--tile", "-1"]) == 2
     assert "must be >= 0" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert main(["eval", "-d", str(dataset), "-w", str(weights), "--fp16"]) == 2
+        assert main(["eval", str(dataset), "-w", str(weights), "--fp16"]) == 2
         assert "needs CUDA" in capsys.readouterr().err

@@ -147,7 +147,7 @@ CASES = [
     Case("output-jpeg-for-alpha", folder_gen(hc.make_rgba_png), up(out="out.jpg"), 2, "cannot write image"),
     Case("input-missing", lambda ctx: ctx.folder / "missing.png", up(), 2, "input not found"),
     Case("eval-json-in-missing-folder", folder_gen(hc.make_dataset),
-         lambda ctx: ["eval", "-d", ctx.src, "-w", ctx.weights, "--json", ctx.folder / "missing" / "r.json"], 2,
+         lambda ctx: ["eval", ctx.src, "-w", ctx.weights, "--json", ctx.folder / "missing" / "r.json"], 2,
          "is in a folder that does not exist"),
     Case("option-negative-tile", lambda ctx: ctx.image, up("--tile", -8), 2, "--tile must be >= 0"),
     # -- checkpoints
@@ -269,7 +269,7 @@ def test_exif_orientation_is_applied_not_just_the_size(tmp_path, weights):
 
 USER_ERRORS = {
     "upscale": lambda t, w: ["upscale", t / "missing.png", "-o", t / "out.png", "-w", w],
-    "eval": lambda t, w: ["eval", "-d", t / "no-such-set", "-w", w],
+    "eval": lambda t, w: ["eval", t / "no-such-set", "-w", w],
     "export": lambda t, w: ["export", "--device", "jetson-tx9", "-w", w, "-o", t / "bundle"],
     "build-engine": lambda t, w: ["build-engine", t],
     "bench": lambda t, w: ["bench", "--samples", "0", "--model", w, "-o", t / "bench"],
@@ -308,12 +308,15 @@ def test_the_real_process_shows_a_traceback_only_with_debug(tmp_path, weights):
         env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
         return subprocess.run([*command[:3], *args, *command[3:]], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
 
-    plain = run()
-    assert plain.returncode == 2
-    assert plain.stderr.splitlines() == [
+    refusal = [
         f"error: video {src} ends after 3 of its 8 frames: the stream is truncated or broken",
         "hint: re-encode or re-download it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4); no output was written",
     ]
+    quiet = run("--quiet")
+    assert quiet.returncode == 2 and quiet.stderr.splitlines() == refusal
+    plain = run()  # the start-up decisions are diagnostics on stderr too; nothing else is there
+    lines = plain.stderr.splitlines()
+    assert plain.returncode == 2 and lines[-2:] == refusal and all(line.startswith("[startup] ") for line in lines[:-2]), lines
     debug = run("--debug")
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
     assert "mambaesr_edge.errors.ImageError: video" in debug.stderr

@@ -183,7 +183,7 @@ def test_sigkill_during_training_then_resume_reaches_the_same_final_loss(images,
     assert rows[-1]["loss"] == expected[-1]["loss"]  # the same final loss, exactly
     a, _ = load_model(run / "model_ema.safetensors")
     b, _ = load_model(straight / "model_ema.safetensors")
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 # ------------------------------------------------------------------------------------------------ bench
@@ -193,7 +193,7 @@ def start_bench(weights: Path, out: Path, cwd: Path) -> Cli:
 
 
 def timing(cli: Cli):
-    return lambda: any("timed" in line for line in cli.out)  # "..., 0 s idle, 1000000 timed" (maybe wrapped)
+    return lambda: any("timed" in line for line in cli.err)  # the note "..., 0 s idle, 1000000 timed" (stderr)
 
 
 def test_ctrl_c_during_bench_writes_a_complete_partial_report(weights, tmp_path):

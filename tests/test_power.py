@@ -6,6 +6,7 @@ import importlib.util
 import os
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -163,7 +164,7 @@ def test_polling_sampler_runs_are_independent():
     with sampler:
         time.sleep(0.06)
     first = sampler.samples
-    assert len(first) >= 3 and all(a.t < b.t for a, b in zip(first, first[1:]))
+    assert len(first) >= 3 and all(a.t < b.t for a, b in pairwise(first))
     assert not sampler.running
     boundary = time.monotonic()
     second_run = sampler.__enter__()

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 import types
+from itertools import pairwise
 from types import SimpleNamespace
 
 import pytest
@@ -64,7 +65,7 @@ def test_tegrastats_sampler_end_to_end(fake_tegrastats):
     assert sampler.error is None
     expected = [parse_tegrastats_line(line).total_mw for line in fake_tegrastats]
     assert [s.total_mw for s in samples[: len(expected) + 3]] == (expected + expected)[: len(expected) + 3]
-    assert all(a.t < b.t for a, b in zip(samples, samples[1:]))
+    assert all(a.t < b.t for a, b in pairwise(samples))
     spacing = (samples[-1].t - samples[0].t) / (len(samples) - 1)
     assert 0.015 < spacing < 0.5  # lines arrive at the requested --interval (20 ms), not in one burst
     first = parse_tegrastats_line(fake_tegrastats[0])

@@ -59,7 +59,8 @@ def test_tile_and_batch_follow_free_memory():
     assert roomy.tile == (256, 256)
     assert tight.tile == (48, 48)
     decisions = []
-    shrunk = choose_settings(profile=Profile(batch=8, tile=64, memory_budget_mib=100_000), free_bytes=2 * estimate_tile_bytes((64, 64), 2), decisions=decisions)
+    profile = Profile(batch=8, tile=64, memory_budget_mib=100_000)
+    shrunk = choose_settings(profile=profile, free_bytes=2 * estimate_tile_bytes((64, 64), 2), decisions=decisions)
     assert shrunk.batch == 2 and sum("batch" in d.action for d in decisions) == 2
 
 
@@ -67,6 +68,7 @@ def test_overlap_too_large_for_the_tile_is_reduced_and_reported():
     decisions = []
     s = choose_settings(tile=16, overlap=16, decisions=decisions)
     assert s.overlap == 4 and "overlap" in decisions[0].action
+    assert "a quarter of the tile" in decisions[0].reason  # says what it does (it used to say "half")
 
 
 def test_oom_errors_are_recognised():

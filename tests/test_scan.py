@@ -207,7 +207,7 @@ def test_chunked_exports_to_onnx_without_loops(tmp_path):
     ops = {node.op_type for node in graph.node}
     assert not ops & {"Loop", "Scan", "If"}, ops
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
+    feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args, strict=True)}
     (out,) = session.run(None, feeds)
     assert rel_error(torch.from_numpy(out), selective_scan(**inputs, impl="reference")) <= 1e-5
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -59,7 +61,7 @@ def test_plan_covers_every_pixel_with_full_size_tiles(geo):
     assert (covered >= 1).all()
     assert ph >= tile and pw >= tile
     for origins in (plan.ys, plan.xs):  # neighbours overlap by at least the requested overlap
-        assert all(b - a <= tile - overlap for a, b in zip(origins, origins[1:]))
+        assert all(b - a <= tile - overlap for a, b in pairwise(origins))
     if h >= tile:
         assert plan.pad[:2] == (0, 0)  # padding only where the image is smaller than a tile
 
@@ -86,8 +88,8 @@ def test_weights_are_positive_and_normalise_to_one(geo, scale, blend):
 def ramps_collide(plan) -> bool:
     """True when some tile's overlaps with both neighbours add up to more than the tile (3 tiles cover a pixel)."""
     for origins, tile in ((plan.ys, plan.tile_hw[0]), (plan.xs, plan.tile_hw[1])):
-        overlaps = [a + tile - b for a, b in zip(origins, origins[1:])]
-        if any(o1 + o2 > tile for o1, o2 in zip(overlaps, overlaps[1:])):
+        overlaps = [a + tile - b for a, b in pairwise(origins)]
+        if any(o1 + o2 > tile for o1, o2 in pairwise(overlaps)):
             return True
     return False
 

@@ -55,7 +55,7 @@ def test_patches_are_paired_and_deterministic(hr_folder, tmp_path):
     down = imresize(hr[0].permute(1, 2, 0).numpy().astype(np.float64) * 255, 0.25)
     assert np.abs(down[2:-2, 2:-2] - lr[0].permute(1, 2, 0).numpy()[2:-2, 2:-2] * 255).mean() < 2.0
     cached = load_train_images([hr_folder], scale=4, patch=8, cache_dir=tmp_path / "cache")  # from the cache
-    assert all(torch.equal(a, b) for a, b in zip(cached.lr, images.lr))
+    assert all(torch.equal(a, b) for a, b in zip(cached.lr, images.lr, strict=True))
 
 
 def test_resume_after_a_crash_continues_exactly(hr_folder, tmp_path, monkeypatch):
@@ -78,7 +78,7 @@ def test_resume_after_a_crash_continues_exactly(hr_folder, tmp_path, monkeypatch
     resumed = train(load_train_config(first), resume=first)
     a, _ = load_model(straight / "checkpoints" / "last.safetensors")
     b, _ = load_model(resumed / "checkpoints" / "last.safetensors")
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.allclose(pa, pb, atol=1e-6), name
     rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]

@@ -110,7 +110,7 @@ def test_four_threads_sharing_one_upscaler_match_serial_calls(torch_backend):
     serial = [up(image) for image in images]
     with ThreadPoolExecutor(4) as pool:
         parallel = list(pool.map(up, images))
-    for a, b in zip(serial, parallel):
+    for a, b in zip(serial, parallel, strict=True):
         np.testing.assert_array_equal(a, b)  # bit-identical
 
 
@@ -119,7 +119,7 @@ def test_stream_keeps_order_and_matches_single_calls():
     frames = [rgb(12, 10, seed=i) for i in range(10)]
     out = list(up.stream(iter(frames), queue_size=1))
     assert len(out) == 10
-    for frame, result in zip(frames, out):
+    for frame, result in zip(frames, out, strict=True):
         np.testing.assert_array_equal(result, nearest(frame, 2))
     indexed = list(up.stream(frames, indexed=True))
     assert [i for i, _ in indexed] == list(range(10))

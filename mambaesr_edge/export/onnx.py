@@ -39,6 +39,7 @@ from torch import nn
 
 from ..errors import ConfigError, DependencyMissingError, MambaESRError
 from ..fileio import atomic_write, disk_full_error
+from ..machine import package_versions
 from ..model import MambaSR
 from ..presets import ModelConfig
 from ..scan import fixed_capacity
@@ -259,18 +260,6 @@ def build_metadata(
         "output_name": OUTPUT_NAME,
         "versions": json.dumps(package_versions(), sort_keys=True),
     }
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"torch": torch.__version__}
-    for name in ("mambaesr-edge", "onnx", "onnxruntime", "onnxslim"):
-        try:
-            out[name.replace("-", "_")] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def _set_metadata(proto, metadata: dict[str, str]) -> None:

@@ -19,7 +19,6 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..bundle import (
@@ -38,11 +37,12 @@ from ..bundle import (
 )
 from ..errors import ConfigError, DiskFullError
 from ..fileio import disk_full_error
+from ..machine import package_versions, utc_now
 from ..model import MambaSR
 from ..profiles import MIN_TILE, DeviceProfile, list_profiles, load_profile
 from . import tensorrt as trt_support
 from .cost import GraphCost, RooflineEstimate, analytic_macs_per_pixel, graph_cost, roofline
-from .onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, OnnxExport, build_metadata, export_onnx, package_versions
+from .onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, OnnxExport, build_metadata, export_onnx
 from .parity import ParityError, ParityReport, ParityThresholds, run_parity
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ def _bundle_contents(
         onnx_fp16=entry(graphs["fp16"]) if "fp16" in graphs else None,
         weights_sha256=weights_sha256,
         max_tokens=graphs["fp32"].max_tokens,
-        extra={"versions": package_versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        extra={"versions": package_versions(), "created": utc_now()},
     )
 
 

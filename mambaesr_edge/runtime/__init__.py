@@ -3,7 +3,8 @@
 Modules: ``tiling`` (pure tile planning and blending), ``backends`` (one per engine + ``open_backend``), ``bundle``
 (export bundle reader, engine manifest check), ``adapt`` (start-up choice, OOM shrinking, frame-rate control),
 ``infer`` (one image through a backend), ``frames`` (image <-> tensor), ``stream`` (threaded pipeline),
-``upscaler`` (``Upscaler``), ``commands`` (the ``upscale`` CLI command's work).
+``upscaler`` (``Upscaler``), ``files`` (an image, folder or video upscaled to files: the ``upscale`` command's work),
+``resize`` (Lanczos resize for ``--outscale``).
 """
 
 from __future__ import annotations

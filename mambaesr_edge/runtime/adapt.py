@@ -179,7 +179,8 @@ def choose_settings(
         overlap = DEFAULT_OVERLAP if overlap is None else overlap
     if tile_hw is not None and 2 * overlap > min(tile_hw):
         new = min(tile_hw) // 4
-        record(decisions, Decision("startup", f"overlap {overlap} -> {new}", f"overlap must be at most half the tile {min(tile_hw)}"))
+        reason = f"overlap {overlap} is more than half the tile {min(tile_hw)}: reduced to a quarter of the tile"
+        record(decisions, Decision("startup", f"overlap {overlap} -> {new}", reason))
         overlap = new
     return TileSettings(tile_hw, int(overlap) if tile_hw is not None else 0, int(chosen_batch), chosen_precision, blend)
 

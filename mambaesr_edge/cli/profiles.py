@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
-from . import list_profiles, load_profile
-
-console = Console()
+from ..profiles import list_profiles, load_profile
+from .app import app, console
 
 profiles_app = typer.Typer(
     invoke_without_command=True,
@@ -23,7 +21,10 @@ def _list(ctx: typer.Context) -> None:
     """List the shipped device profiles (run `profiles show NAME` for one)."""
     if ctx.invoked_subcommand is not None:
         return
-    table = Table(title="device profiles (details: mambaesr-edge profiles show NAME)", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, padding=(0, 1, 0, 1))
+    table = Table(
+        title="device profiles (details: mambaesr-edge profiles show NAME)", box=box.SIMPLE_HEAD, pad_edge=False,
+        collapse_padding=True, padding=(0, 1, 0, 1),
+    )  # fmt: skip
     for column in ("name", "backend", "prec", "tile", "TRT", "GB/s", "TFLOP/s", "power"):
         table.add_column(column, justify="left" if column in ("name", "backend", "power") else "right", no_wrap=True)
     for name in list_profiles():
@@ -54,6 +55,4 @@ def show_command(name: str = typer.Argument(..., help="Profile name (e.g. orin-n
     console.print(table)
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `profiles` command group to the main app."""
-    app.add_typer(profiles_app, name="profiles")
+app.add_typer(profiles_app, name="profiles")

@@ -1,4 +1,4 @@
-"""CLI: `mambaesr-edge export`, `mambaesr-edge build-engine`, and the `profiles` group (registered from here)."""
+"""`mambaesr-edge export` (ONNX bundle for a device profile) and `mambaesr-edge build-engine` (its TensorRT engine)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,14 @@ from typing import Optional
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
-from ..profiles.commands import register as register_profiles
-
-console = Console()
-err_console = Console(stderr=True)
+from .app import app, console, err_console, global_options
 
 
+@app.command("export")
 def export_command(
+    ctx: typer.Context,
     device: str = typer.Option(..., "--device", "-d", help="Device profile: a name (mambaesr-edge profiles) or a .toml file."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weights (.safetensors, .pth). Default: the shipped model."),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset the weights were trained with (default: from the file)."),
@@ -34,9 +32,9 @@ def export_command(
 ) -> None:
     """Export ONNX (+ fp16 variant) for a device, prove it against PyTorch, model its cost, and build or script the engine."""
     from ..checkpoint import load_model
+    from ..export.parity import ParityError
+    from ..export.writer import ExportOptions, export_bundle
     from ..profiles import load_profile
-    from .parity import ParityError
-    from .writer import ExportOptions, export_bundle
 
     profile = load_profile(device)
     model, loaded = load_model(weights, preset, scan_impl="chunked", param_key=param_key)
@@ -45,7 +43,7 @@ def export_command(
         profile=profile, tile=tile, batch=batch, fp16=fp16, dynamic_hw=dynamic, max_size=max_size,
         simplify=simplify, force=force, build_engine=not no_engine,
     )  # fmt: skip
-    console.print(f"exporting {weights or 'the default model'} for [bold]{profile.name}[/] ({profile.description})", highlight=False)
+    global_options(ctx).note(f"exporting {weights or 'the default model'} for {profile.name} ({profile.description})")
     existed = out_dir.is_dir() and any(out_dir.iterdir())
     try:
         result = export_bundle(model, loaded.sha256, out_dir, options)
@@ -131,7 +129,9 @@ def _roofline_table(result, profile_name: str) -> Table:
     return table
 
 
+@app.command("build-engine")
 def build_engine_command(
+    ctx: typer.Context,
     bundle: Path = typer.Argument(..., help="Bundle folder written by `mambaesr-edge export`."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Profile for the build settings (default: the bundle's)."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache to reuse across builds (default: in the bundle)."),
@@ -140,23 +140,24 @@ def build_engine_command(
 ) -> None:
     """Build the bundle's TensorRT engine here with the Python API (on the target device), or say why it is up to date."""
     from ..bundle import EngineEnvironment, bundle_engine_problems, read_bundle, write_engine_manifest
+    from ..export import tensorrt as trt_support
     from ..profiles import load_profile
-    from . import tensorrt as trt_support
 
+    notes = global_options(ctx)
     contents = read_bundle(bundle)
     profile = load_profile(device or contents.profile)
     trt = trt_support.require_tensorrt()
     gpu_name, capability = trt_support.detect_gpu()
     settings = trt_support.engine_settings(profile, contents)
     if profile.tensorrt and trt_support.parse_version(trt.__version__)[:2] != trt_support.parse_version(profile.tensorrt)[:2]:
-        err_console.print(f"note: profile {profile.name} expects TensorRT {profile.tensorrt}, this is {trt.__version__}", highlight=False)
+        notes.note(f"note: profile {profile.name} expects TensorRT {profile.tensorrt}, this is {trt.__version__}")
     if not manifest_only:
         reasons = bundle_engine_problems(contents, EngineEnvironment(gpu_name, capability, trt.__version__))
         if not reasons and not force:
             console.print(f"{contents.engine_path} is up to date (TensorRT {trt.__version__}, {gpu_name})", highlight=False)
             return
         for reason in reasons:
-            console.print(f"rebuilding: {reason}", highlight=False)
+            notes.note(f"rebuilding: {reason}")
         trt_support.build_engine(bundle, settings, trt=trt, timing_cache=timing_cache)
     elif not (bundle / settings.engine_file).is_file():
         from ..errors import MambaESRError
@@ -167,10 +168,3 @@ def build_engine_command(
         trt_support.engine_manifest(contents, settings, trt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability),
     )
     console.print(f"engine {bundle / settings.engine_file} and {manifest_path.name} written", highlight=False)
-
-
-def register(app: typer.Typer) -> None:
-    """Add `export`, `build-engine` and the `profiles` group to the main app."""
-    app.command("export")(export_command)
-    app.command("build-engine")(build_engine_command)
-    register_profiles(app)
