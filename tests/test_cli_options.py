@@ -77,6 +77,16 @@ def test_piped_output_is_never_wrapped(tmp_path, weights):
         assert line.startswith("[startup] "), done.stderr
 
 
+def test_piped_table_titles_are_never_wrapped(tmp_path):
+    """rich wraps a table's title to the table's width: the demo's title broke in two when piped."""
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "mambaesr_edge", "demo", "-o", str(tmp_path / "demo")],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    title = done.stdout.splitlines()[0].strip()
+    assert title.startswith("default model (") and title.endswith("-> x4"), done.stdout
+
+
 def test_diagnostics_go_to_stderr_and_results_to_stdout(tmp_path, weights, capsys):
     src = write_png(tmp_path / "in.png")
     assert main(["upscale", str(src), "-o", str(tmp_path / "out.png"), "-w", str(weights)]) == 0

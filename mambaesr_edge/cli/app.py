@@ -26,10 +26,11 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from ..errors import Interrupted, MambaESRError
 
-__all__ = ["INTERRUPTED_EXIT_CODE", "GlobalOptions", "app", "console", "err_console", "global_options", "main", "run"]
+__all__ = ["INTERRUPTED_EXIT_CODE", "GlobalOptions", "app", "console", "err_console", "global_options", "main", "run", "titled_table"]
 
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 _UNWRAPPED_WIDTH = 100_000  # the width of a console that is not a terminal: no line is ever that long
@@ -50,6 +51,13 @@ class _Console(Console):
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
         Console.size.fset(self, new_size)
+
+
+def titled_table(title: str | None = None, *, caption: str | None = None, **options: object) -> Table:
+    """A rich Table at least as wide as its title and caption: rich wraps those to the table's width, which in a
+    pipe (no terminal width to cap it) would put line breaks inside paths. On a terminal its width still caps it."""
+    widest = max(len(title or ""), len(caption or ""))
+    return Table(title=title, caption=caption, min_width=widest or None, **options)
 
 
 console = _Console()  # results

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from ..bench import DEFAULT_TILE_CAP, BenchError, open_bench_backend, run_bench
 from ..machine import load_average, machine_info, package_versions, utc_now
-from .app import app, console, global_options, set_torch_threads
+from .app import app, console, global_options, set_torch_threads, titled_table
 from .options import ThreadsOpt, check_backend
 
 
@@ -97,7 +96,7 @@ def bench_command(
             "threads": threads, "backend_repr": repr(opened), "note": note}
     paths = write_reports(result, out_dir, name, meta)
     report = json.loads(paths["json"].read_text())
-    table = Table(title=f"bench: {profile.name}, {info.name}", show_header=False)
+    table = titled_table(title=f"bench: {profile.name}, {info.name}", show_header=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for metric, value in summary_rows(report):

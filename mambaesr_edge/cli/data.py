@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
-from .app import app, console, global_options
+from .app import app, console, global_options, titled_table
 
 data_app = typer.Typer(no_args_is_help=True, help="Download, unpack and verify datasets (DIV2K, Set5, Set14, BSD100, Urban100).")
 app.add_typer(data_app, name="data")
@@ -42,7 +41,7 @@ def prepare_command(
 
     results = prepare_datasets(names or [], root, source=source, base_url=base_url, force=force,
                                keep_archives=keep_archives, timeout=timeout, progress=progress)
-    table = Table(title=f"datasets in {root}")
+    table = titled_table(title=f"datasets in {root}")
     for column in ("set", "HR", "LR x4", "status", "licence"):
         table.add_column(column)
     for r in results:
@@ -55,7 +54,7 @@ def list_command() -> None:
     """The sets `data prepare` knows, their image counts, archives and licences."""
     from ..data_prepare import catalog_rows
 
-    table = Table(title="datasets")
+    table = titled_table(title="datasets")
     for column in ("set", "images", "archives", "licence"):
         table.add_column(column)
     for row in catalog_rows():

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
-from .app import app, console, global_options, set_torch_threads
+from .app import app, console, global_options, set_torch_threads, titled_table
 from .options import ScanOpt, ThreadsOpt, check_scan
 
 
@@ -41,7 +40,7 @@ def demo_command(
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, array in (("lr", lr), ("bicubic_x4", bicubic), ("sr_x4", sr), ("hr", hr)):
         save_image(out_dir / f"sample_{name}.png", array)
-    table = Table(title=f"default model ({count_parameters(model):,} params), sample {lr.shape[1]}x{lr.shape[0]} -> x{scale}")
+    table = titled_table(title=f"default model ({count_parameters(model):,} params), sample {lr.shape[1]}x{lr.shape[0]} -> x{scale}")
     for column in ("method", "PSNR (Y)", "SSIM (Y)"):
         table.add_column(column)
     table.add_row("bicubic", f"{psnr(bicubic, hr, crop_border=scale):.2f}", f"{ssim(bicubic, hr, crop_border=scale):.4f}")

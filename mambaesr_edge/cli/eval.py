@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
-from .app import app, console, global_options, set_torch_threads
+from .app import app, console, global_options, set_torch_threads, titled_table
 from .options import (
     CudaOpt,
     GpuIdOpt,
@@ -76,7 +75,7 @@ def eval_command(
     results = [evaluate_upscaler(up, d, scale=scale, model_scale=info.scale, rgb_psnr=rgb) for d in sets]
     params = _count_params(config)
     how = "whole image" if tile_used == 0 else f"tile {tile_used}, overlap {up.settings.overlap}"
-    table = Table(
+    table = titled_table(
         title=f"x{scale}  {path or 'default model'}  ({info.name} {precision}, {how}"
         + (f", {params:,} params" if params is not None else "")
         + (f", {info.detail}" if info.name == "torch" else "")

@@ -10,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from .app import app, console, err_console, global_options
+from .app import app, console, err_console, global_options, titled_table
 
 
 @app.command("export")
@@ -67,7 +67,7 @@ def export_command(
 
 
 def _files_table(bundle: Path, files: tuple[str, ...]) -> Table:
-    table = Table(title=f"bundle {bundle}/", box=box.SIMPLE_HEAD)
+    table = titled_table(title=f"bundle {bundle}/", box=box.SIMPLE_HEAD)
     table.add_column("file")
     table.add_column("size", justify="right")
     for name in files:
@@ -88,7 +88,7 @@ def _parity_table(report) -> Table:
         f"parity vs {report.reference} (fp32: max abs <= {t.fp32_max_abs:g}, PSNR >= {t.fp32_min_psnr_db:g} dB; "
         f"fp16: PSNR >= {t.fp16_min_psnr_db:g} dB)"
     )
-    table = Table(title=title, box=box.SIMPLE_HEAD)
+    table = titled_table(title=title, box=box.SIMPLE_HEAD)
     for column in ("graph", "input", "shape", "max abs err", "PSNR dB", "PSNR vs HR (torch)", "result"):
         table.add_column(column, justify="left" if column in ("graph", "input", "result") else "right")
     for c in report.cases:
@@ -104,7 +104,7 @@ def _parity_table(report) -> Table:
 def _cost_table(result, profile_name: str) -> Table:
     cost = result.cost
     name, op, shape, size = cost.largest_tensor
-    table = Table(
+    table = titled_table(
         title=f"graph cost at {'x'.join(map(str, cost.input_shape))} ({cost.node_count} nodes)",
         box=box.SIMPLE_HEAD,
         caption=(
@@ -121,7 +121,7 @@ def _cost_table(result, profile_name: str) -> Table:
 
 
 def _roofline_table(result, profile_name: str) -> Table:
-    table = Table(title="modelled latency = max(FLOPs / peak, bytes / bandwidth), no fusion (* = this export's device)", box=box.SIMPLE_HEAD)
+    table = titled_table(title="modelled latency = max(FLOPs / peak, bytes / bandwidth), no fusion (* = this export's device)", box=box.SIMPLE_HEAD)
     for column in ("device", "compute ms", "memory ms", "ms / tile", "bound"):
         table.add_column(column, justify="left" if column in ("device", "bound") else "right")
     for name, r in sorted(result.rooflines.items(), key=lambda kv: (kv[0] != profile_name, kv[0])):

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from rich.table import Table
-
-from .app import app, console
+from .app import app, console, titled_table
 
 
 @app.command("presets")
@@ -17,7 +15,7 @@ def presets_command() -> None:
     from ..presets import PRESETS
 
     default = _default_preset()
-    table = Table(title="presets")
+    table = titled_table(title="presets")
     for column in ("name", "dim", "groups x blocks", "d_state", "dt rank", "scan orders", "params (x4)"):
         table.add_column(column)
     for name, cfg in PRESETS.items():

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import typer
 from rich import box
-from rich.table import Table
 
 from ..profiles import list_profiles, load_profile
-from .app import app, console
+from .app import app, console, titled_table
 
 profiles_app = typer.Typer(
     invoke_without_command=True,
@@ -21,7 +20,7 @@ def _list(ctx: typer.Context) -> None:
     """List the shipped device profiles (run `profiles show NAME` for one)."""
     if ctx.invoked_subcommand is not None:
         return
-    table = Table(
+    table = titled_table(
         title="device profiles (details: mambaesr-edge profiles show NAME)", box=box.SIMPLE_HEAD, pad_edge=False,
         collapse_padding=True, padding=(0, 1, 0, 1),
     )  # fmt: skip
@@ -46,7 +45,7 @@ def _list(ctx: typer.Context) -> None:
 def show_command(name: str = typer.Argument(..., help="Profile name (e.g. orin-nano) or a .toml file.")) -> None:
     """Print every field of one profile."""
     profile = load_profile(name)
-    table = Table(title=f"device profile {profile.name}", show_header=False)
+    table = titled_table(title=f"device profile {profile.name}", show_header=False)
     table.add_column("field")
     table.add_column("value")
     for key, value in profile.to_dict().items():
