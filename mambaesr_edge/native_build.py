@@ -30,6 +30,7 @@ KERNEL_HEADER = CSRC_DIR / "selective_scan.cuh"
 SCAN_LIBRARY_SOURCE = CSRC_DIR / "scan_capi.cu"
 PLUGIN_SOURCE = CSRC_DIR / "scan_plugin.cu"
 SOURCES = (KERNEL_HEADER, SCAN_LIBRARY_SOURCE, PLUGIN_SOURCE)  # everything a build reads from csrc/
+PLUGIN_SOURCES = (KERNEL_HEADER, PLUGIN_SOURCE)  # what the plugin build reads (export copies these into bundles)
 
 # The plugin's identity, as scan_plugin.cu defines it (an ONNX node with op_type PLUGIN_NAME, attributes
 # plugin_version and plugin_namespace, maps to it); test_csrc.py holds the two in step.
@@ -38,6 +39,10 @@ PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = "mambaesr_edge"
 PLUGIN_FIELDS = ("delta_softplus", "has_D", "has_z", "has_delta_bias", "token_major")
 TOKEN_MAJOR_ORDER = ("u", "delta", "z", "B", "C", "y")  # the entries of the token_major field, in order
+
+JETPACK_TENSORRT_INCLUDE = "/usr/include/aarch64-linux-gnu"  # NvInfer*.h on JetPack 6/7 (Debian packages)
+DESKTOP_TENSORRT_INCLUDE = "/usr/include/x86_64-linux-gnu"  # the same packages on x86-64 Linux
+DESKTOP_ARCHS = ("7.5", "8.0", "8.6", "8.9", "9.0")  # a profile without a compute capability: every desktop GPU from Turing
 
 OLDEST_SM = 75  # CUDA 13 builds nothing older; TensorRT's IPluginV3 targets start there too (Xavier, 7.2, is out)
 
@@ -69,12 +74,15 @@ def scan_library_command(output: Path | str, archs: Sequence[str], *, nvcc: str 
     return [nvcc, *_COMMON_FLAGS, *_gencode(archs), str(SCAN_LIBRARY_SOURCE), "-o", str(output)]
 
 
-def plugin_command(output: Path | str, archs: Sequence[str], tensorrt_include: Path | str, *, nvcc: str = "nvcc") -> list[str]:
+def plugin_command(
+    output: Path | str, archs: Sequence[str], tensorrt_include: Path | str, *, nvcc: str = "nvcc", source: Path | str = PLUGIN_SOURCE
+) -> list[str]:
     """nvcc argv building the TensorRT plugin library for `archs` against TensorRT's headers (not linking libnvinfer).
 
-    On a Jetson with JetPack 6: tensorrt_include=/usr/include/aarch64-linux-gnu, archs=['8.7'].
+    On a Jetson with JetPack 6: tensorrt_include=JETPACK_TENSORRT_INCLUDE, archs=['8.7']. `source`: scan_plugin.cu
+    (a bundle's copy for its build_plugin.sh; selective_scan.cuh must sit beside it).
     """
-    return [nvcc, *_COMMON_FLAGS, *_gencode(archs), f"-I{tensorrt_include}", str(PLUGIN_SOURCE), "-o", str(output)]
+    return [nvcc, *_COMMON_FLAGS, *_gencode(archs), f"-I{tensorrt_include}", str(source), "-o", str(output)]
 
 
 def find_nvcc() -> str:
