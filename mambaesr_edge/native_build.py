@@ -40,6 +40,13 @@ PLUGIN_NAMESPACE = "mambaesr_edge"
 PLUGIN_FIELDS = ("delta_softplus", "has_D", "has_z", "has_delta_bias", "token_major")
 TOKEN_MAJOR_ORDER = ("u", "delta", "z", "B", "C", "y")  # the entries of the token_major field, in order
 
+
+def plugin_output_shape(u_shape: Sequence, token_major: Sequence[int]) -> list:
+    """The plugin's output y: u's batch, channels and length, laid out as token_major[y] says (u as token_major[u])."""
+    u_major, y_major = token_major[TOKEN_MAJOR_ORDER.index("u")], token_major[TOKEN_MAJOR_ORDER.index("y")]
+    batch, *rest = u_shape
+    return [batch, *(rest if u_major == y_major else rest[::-1])]
+
 JETPACK_TENSORRT_INCLUDE = "/usr/include/aarch64-linux-gnu"  # NvInfer*.h on JetPack 6/7 (Debian packages)
 DESKTOP_TENSORRT_INCLUDE = "/usr/include/x86_64-linux-gnu"  # the same packages on x86-64 Linux
 DESKTOP_ARCHS = ("7.5", "8.0", "8.6", "8.9", "9.0")  # a profile without a compute capability: every desktop GPU from Turing

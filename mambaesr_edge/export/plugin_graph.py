@@ -37,7 +37,7 @@ import torch
 
 from ..errors import MambaESRError
 from ..model import MambaSR
-from ..native_build import PLUGIN_FIELDS, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, TOKEN_MAJOR_ORDER
+from ..native_build import PLUGIN_FIELDS, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, TOKEN_MAJOR_ORDER, plugin_output_shape
 from ..scan import selective_scan, substituted
 
 log = logging.getLogger(__name__)
@@ -140,9 +140,8 @@ def fold_transposes(proto) -> int:
         _set_ints(node, "token_major", major)
         u_info = shapes.get(node.input[0])
         elem = u_info.type.tensor_type.elem_type if u_info is not None else onnx.TensorProto.FLOAT
-        dims = [d.dim_value or d.dim_param for d in u_info.type.tensor_type.shape.dim] if u_info is not None else None
-        if dims is not None and major[TOKEN_MAJOR_ORDER.index("u")] != major[TOKEN_MAJOR_ORDER.index("y")]:
-            dims = [dims[0], dims[2], dims[1]]
+        u_dims = u_info.type.tensor_type.shape.dim if u_info is not None else []
+        dims = plugin_output_shape([d.dim_value or d.dim_param or None for d in u_dims], major) if len(u_dims) == 3 else None
         _set_value_info(graph, node.output[0], elem, dims)
     kept = [n for n in graph.node if not (n.op_type == "Transpose" and n.output[0] in folded)]
     del graph.node[:]  # (rebuilding graph.node copies the nodes: done once, after the loop over them)
