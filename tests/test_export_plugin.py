@@ -308,3 +308,16 @@ def test_profile_scan_plugin_is_validated():
         profile_from_dict(good | {"compute_capability": "7.2"}, source="test")
     with pytest.raises(ConfigError, match="scan_plugin must be true or false"):
         profile_from_dict(good | {"scan_plugin": "yes"}, source="test")
+
+
+def test_dynamic_plugin_bundle_checks_another_size(tmp_path):
+    out = tmp_path / "bundle"
+    export_bundle(_model(), "0" * 64, out, ExportOptions(profile=load_profile("agx-orin"), tile=TILE, batch=2, dynamic_hw=True))
+    checked = json.loads((out / "parity.json").read_text())["plugin_graphs"]
+    assert {(c["graph"], tuple(c["shape"])) for c in checked} == {
+        (g, s) for g in ("model_trt.onnx", "model_trt_fp16.onnx") for s in ((2, 3, TILE, TILE), (3, 3, TILE // 2 + 3, TILE + 5))}
+    assert all(c["passed"] for c in checked)
+    dims = [d.dim_param or d.dim_value for d in onnx.load(str(out / "model_trt.onnx")).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    settings = trt_support.engine_settings(load_profile("agx-orin"), read_bundle(out))
+    assert settings.onnx_file == "model_trt_fp16.onnx" and settings.max_shape[0] == 2

@@ -43,8 +43,8 @@ from torch import nn
 from ..errors import ConfigError, DependencyMissingError, MambaESRError
 from ..fileio import atomic_write, disk_full_error
 from ..model import MambaSR
-from ..presets import ModelConfig
 from ..native_build import PLUGIN_NAMESPACE
+from ..presets import ModelConfig
 from ..scan import fixed_capacity, substituted
 from .plugin_graph import check_plugin_nodes, fold_transposes, plugin_scan
 

@@ -223,6 +223,7 @@ class PluginParity:
 
     graph: str
     precision: str
+    shape: tuple[int, ...]  # the tile batch it ran on
     nodes: int
     worst_input: str  # the custom-node input with the largest relative error
     max_input_rel_err: float  # max |onnx - torch| / max |torch| over every custom node's inputs
@@ -233,6 +234,7 @@ class PluginParity:
 
     def to_dict(self) -> dict[str, object]:
         raw = asdict(self)
+        raw["shape"] = list(self.shape)
         raw["output_psnr_db"] = None if math.isinf(self.output_psnr_db) else self.output_psnr_db
         return raw
 
@@ -263,7 +265,7 @@ def plugin_parity(model: MambaSR, path: Path, lr: np.ndarray, precision: str, *,
     with torch.no_grad(), substituted(recording_scan):
         reference = model.eval()(torch.from_numpy(lr), scan_impl="chunked").numpy()
     if len(records) != len(nodes):
-        return PluginParity(path.name, precision, len(nodes), "", math.inf, math.inf, -math.inf, False,
+        return PluginParity(path.name, precision, tuple(lr.shape), len(nodes), "", math.inf, math.inf, -math.inf, False,
                             f"{len(nodes)} custom nodes, PyTorch ran {len(records)} scans")  # fmt: skip
     cut, feeds, wanted = _cut_graph(proto, nodes, records)
     with tempfile.TemporaryDirectory() as tmp:
@@ -288,7 +290,7 @@ def plugin_parity(model: MambaSR, path: Path, lr: np.ndarray, precision: str, *,
         reasons.append(f"output max abs error {max_abs:.3g} > {fp32_max_abs:g}")
     elif precision == "fp16" and psnr_db < fp16_min_psnr_db:
         reasons.append(f"output PSNR {psnr_db:.1f} dB < {fp16_min_psnr_db:g} dB")
-    result = PluginParity(path.name, precision, len(nodes), worst, worst_err, max_abs, psnr_db, not reasons, "; ".join(reasons))
+    result = PluginParity(path.name, precision, tuple(lr.shape), len(nodes), worst, worst_err, max_abs, psnr_db, not reasons, "; ".join(reasons))
     log.info("plugin parity %s: inputs rel err %.3g (%s), output max abs %.3g", path.name, worst_err, worst, max_abs)
     return result
 

@@ -1,5 +1,10 @@
 """The whole export: ONNX graphs + parity report + cost model + TensorRT engine or build script, as one bundle folder.
 
+TensorRT profiles with `scan_plugin` (and `ExportOptions.plugin`, default on) also get the plugin graphs
+(model_trt.onnx and its fp16 twin, plugin_graph.py), the plugin's sources and build_plugin.sh (plugin_files.py);
+build_engine.sh then builds from the plugin graph. The cost model prices both graphs on every shipped profile
+(cost.json, bundle.json `modelled_ms_per_tile`), tracing the plugin graph aside when the bundle holds none.
+
 Atomic: everything is written into a temporary folder beside the target and renamed onto it only when every step
 (parity included) passed, so a failed or interrupted export leaves no bundle, not even a partial one; an existing
 bundle is only replaced with `force=True` (renamed away first, removed after the new one is in place). A full disk
@@ -46,7 +51,7 @@ from ..profiles import MIN_TILE, DeviceProfile, list_profiles, load_profile
 from . import tensorrt as trt_support
 from .cost import GraphCost, RooflineEstimate, analytic_macs_per_pixel, graph_cost, roofline
 from .onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, OnnxExport, build_metadata, export_onnx, package_versions
-from .parity import ParityError, ParityReport, ParityThresholds, image_batch, run_parity
+from .parity import ParityError, ParityReport, ParityThresholds, image_batch, random_batch, run_parity
 from .plugin_files import copy_plugin_sources, plugin_build_script
 from .plugin_graph import PluginParity, plugin_parity
 
@@ -223,11 +228,11 @@ def _export_into(model: MambaSR, weights_sha256: str, bundle: Path, opts: Export
             log.info("exported %s: %d nodes", trt_filename, plugin_graphs[precision].node_count)
     other = _other_shape(shape, graphs["fp32"].max_tokens) if opts.dynamic_hw else None
     report = run_parity(model, {k: g.path for k, g in graphs.items()}, shape, other_shape=other, thresholds=opts.thresholds)
-    lr, _ = image_batch(shape, config.scale)
+    tiles = [image_batch(shape, config.scale)[0]] + ([random_batch(other, seed=99)] if other is not None else [])
     t = opts.thresholds
     checked = tuple(
         plugin_parity(model, g.path, lr, precision, fp32_max_abs=t.fp32_max_abs, fp16_min_psnr_db=t.fp16_min_psnr_db)
-        for precision, g in plugin_graphs.items()
+        for precision, g in plugin_graphs.items() for lr in tiles
     )  # fmt: skip
     _write_json(bundle / PARITY_FILE, {**report.to_dict(), "plugin_graphs": [c.to_dict() for c in checked]})
     failures = report.failures() + [f"{c.graph}: {c.reason}" for c in checked if not c.passed]
