@@ -8,6 +8,10 @@ import the names below; nothing else knows a file name or a field of these files
       bundle.json          Bundle.to_dict() (format BUNDLE_FORMAT)
       model.onnx           fp32 graph (OnnxFile in bundle.json, sha256-checked when read)
       model_fp16.onnx      optional fp16 graph, scan kept in fp32
+      model_trt.onnx       optional (TensorRT profiles with scan_plugin): each scan is ONE custom node that TensorRT's
+      model_trt_fp16.onnx  ONNX parser maps to the plugin (PluginSources); fp16 twin when the profile is fp16
+      plugin/              the plugin's CUDA sources (sha256 each in bundle.json), built on the device by
+      build_plugin.sh      nvcc into libmambaesr_scan_plugin.so (named by the engine manifest, loaded before deserialising)
       parity.json cost.json build_engine.sh timing.cache
       model.engine         optional, built ON the target device
       model.engine.json    EngineManifest (format ENGINE_MANIFEST_FORMAT): what the engine was built with and from
@@ -39,6 +43,7 @@ from .fileio import atomic_write, sha256_file
 from .presets import ModelConfig
 
 __all__ = [
+    "BUILD_PLUGIN_SCRIPT_FILE",
     "BUILD_SCRIPT_FILE",
     "BUNDLE_FILE",
     "BUNDLE_FORMAT",
@@ -48,13 +53,18 @@ __all__ = [
     "ENGINE_MANIFEST_FORMAT",
     "ONNX_FILE",
     "ONNX_FP16_FILE",
+    "ONNX_TRT_FILE",
+    "ONNX_TRT_FP16_FILE",
     "PARITY_FILE",
+    "PLUGIN_DIR",
+    "PLUGIN_LIBRARY_FILE",
     "TIMING_CACHE_FILE",
     "Bundle",
     "BundleError",
     "EngineEnvironment",
     "EngineManifest",
     "OnnxFile",
+    "PluginSources",
     "bundle_engine_problems",
     "engine_manifest_path",
     "engine_problems",
@@ -80,6 +90,11 @@ ENGINE_FILE = "model.engine"
 ENGINE_MANIFEST_FILE = ENGINE_FILE + ".json"
 TIMING_CACHE_FILE = "timing.cache"
 BUILD_SCRIPT_FILE = "build_engine.sh"
+ONNX_TRT_FILE = "model_trt.onnx"
+ONNX_TRT_FP16_FILE = "model_trt_fp16.onnx"
+PLUGIN_DIR = "plugin"
+PLUGIN_LIBRARY_FILE = "libmambaesr_scan_plugin.so"
+BUILD_PLUGIN_SCRIPT_FILE = "build_plugin.sh"
 PRECISIONS = ("fp32", "fp16")
 _REEXPORT = "re-run mambaesr-edge export"
 _REBUILD = "rebuild: mambaesr-edge build-engine BUNDLE"
@@ -94,6 +109,22 @@ class OnnxFile:
     opset: int
     nodes: int | None = None
     simplifier: str | None = None
+
+
+@dataclass(frozen=True)
+class PluginSources:
+    """The custom-op plugin the bundle's model_trt graphs need: the identity its ONNX nodes name (op_type, plugin_version,
+    plugin_namespace), its sources in PLUGIN_DIR (file name -> sha256), the library `build_script` builds."""
+
+    name: str
+    version: str
+    namespace: str
+    sources: dict[str, str]
+    library: str = PLUGIN_LIBRARY_FILE
+    build_script: str = BUILD_PLUGIN_SCRIPT_FILE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "dir": PLUGIN_DIR}
 
 
 @dataclass(frozen=True)
@@ -115,6 +146,9 @@ class Bundle:
     onnx_fp16: OnnxFile | None
     weights_sha256: str
     max_tokens: int | None = None  # dynamic H/W graphs: the largest h*w they take
+    onnx_trt: OnnxFile | None = None  # the plugin graph (each scan one custom node); None: the bundle has none
+    onnx_trt_fp16: OnnxFile | None = None
+    plugin: PluginSources | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -132,6 +166,10 @@ class Bundle:
     def onnx_entry(self, precision: str = "fp32") -> OnnxFile:
         """The graph for ``precision``: fp16 falls back to the fp32 graph when the bundle has none."""
         return self.onnx_fp16 if precision == "fp16" and self.onnx_fp16 is not None else self.onnx
+
+    def trt_entry(self, precision: str = "fp32") -> OnnxFile | None:
+        """The plugin graph for ``precision`` (fp16 falls back to the fp32 plugin graph); None when there is none."""
+        return self.onnx_trt_fp16 if precision == "fp16" and self.onnx_trt_fp16 is not None else self.onnx_trt
 
     def onnx_path(self, precision: str = "fp32", *, verify: bool = True) -> Path:
         """The ONNX file for ``precision`` (see ``onnx_entry``), sha256-checked against bundle.json."""
@@ -153,6 +191,10 @@ class Bundle:
         def entry(f: OnnxFile | None) -> dict | None:
             return None if f is None else {k: v for k, v in asdict(f).items() if v is not None}
 
+        plugin_keys = {} if self.onnx_trt is None else {  # absent from bundles without a plugin graph
+            "onnx_trt": entry(self.onnx_trt), "onnx_trt_fp16": entry(self.onnx_trt_fp16),
+            "plugin": self.plugin.to_dict() if self.plugin is not None else None,
+        }  # fmt: skip
         return {
             "format": BUNDLE_FORMAT,
             "config": json.loads(self.config.to_json()),
@@ -169,13 +211,14 @@ class Bundle:
             "onnx": entry(self.onnx),
             "onnx_fp16": entry(self.onnx_fp16),
             "weights_sha256": self.weights_sha256,
+            **plugin_keys,
             **{k: v for k, v in self.extra.items() if k not in _CONTRACT_KEYS},
         }
 
 
 _CONTRACT_KEYS = frozenset({
     "format", "config", "scale", "profile", "precision", "tile", "overlap", "batch", "dynamic_hw", "max_tokens",
-    "input_name", "output_name", "onnx", "onnx_fp16", "weights_sha256",
+    "input_name", "output_name", "onnx", "onnx_fp16", "weights_sha256", "onnx_trt", "onnx_trt_fp16", "plugin",
 })  # fmt: skip
 
 
@@ -213,6 +256,27 @@ def _onnx_entry(raw: object, where: Path) -> OnnxFile:
     )  # fmt: skip
 
 
+def _plain_name(name: object, what: str, where: Path) -> str:
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise BundleError(f"{where}: {what} {name!r} must be a plain file name", hint=_REEXPORT)
+    return name
+
+
+def _plugin_entry(raw: object, where: Path) -> PluginSources:
+    if not isinstance(raw, dict):
+        raise BundleError(f"{where}: plugin entry must be an object", hint=_REEXPORT)
+    sources = _get(raw, "sources", dict, where)
+    for name, digest in sources.items():
+        _plain_name(name, "plugin source", where)
+        if not isinstance(digest, str):
+            raise BundleError(f"{where}: plugin source {name!r} has no sha256", hint=_REEXPORT)
+    return PluginSources(
+        _get(raw, "name", str, where), _get(raw, "version", str, where), _get(raw, "namespace", str, where), dict(sources),
+        _plain_name(raw.get("library", PLUGIN_LIBRARY_FILE), "plugin library", where),
+        _plain_name(raw.get("build_script", BUILD_PLUGIN_SCRIPT_FILE), "plugin build script", where),
+    )  # fmt: skip
+
+
 def read_bundle(path: str | Path) -> Bundle:
     """Parse and validate ``path/bundle.json``."""
     root = Path(path)
@@ -237,6 +301,9 @@ def read_bundle(path: str | Path) -> Bundle:
     if tile < 1 or batch < 1 or overlap < 0 or 2 * overlap > tile:
         raise BundleError(f"{manifest}: invalid tile {tile} / overlap {overlap} / batch {batch}", hint="re-export")
     fp16 = raw.get("onnx_fp16")
+    trt, trt_fp16, plugin = raw.get("onnx_trt"), raw.get("onnx_trt_fp16"), raw.get("plugin")
+    if trt is not None and plugin is None:
+        raise BundleError(f"{manifest}: onnx_trt without its plugin entry", hint=_REEXPORT)
     max_tokens = raw.get("max_tokens")
     return Bundle(
         root=root,
@@ -253,6 +320,9 @@ def read_bundle(path: str | Path) -> Bundle:
         onnx_fp16=_onnx_entry(fp16, manifest) if fp16 is not None else None,
         weights_sha256=_get(raw, "weights_sha256", str, manifest),
         max_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0 else None,
+        onnx_trt=_onnx_entry(trt, manifest) if trt is not None else None,
+        onnx_trt_fp16=_onnx_entry(trt_fp16, manifest) if trt is not None and trt_fp16 is not None else None,
+        plugin=_plugin_entry(plugin, manifest) if trt is not None else None,
         extra={k: v for k, v in raw.items() if k not in _CONTRACT_KEYS},
     )
 

@@ -30,6 +30,7 @@ KERNEL_HEADER = CSRC_DIR / "selective_scan.cuh"
 SCAN_LIBRARY_SOURCE = CSRC_DIR / "scan_capi.cu"
 PLUGIN_SOURCE = CSRC_DIR / "scan_plugin.cu"
 SOURCES = (KERNEL_HEADER, SCAN_LIBRARY_SOURCE, PLUGIN_SOURCE)  # everything a build reads from csrc/
+PLUGIN_SOURCES = (KERNEL_HEADER, PLUGIN_SOURCE)  # what the plugin build reads (export copies these into bundles)
 
 # The plugin's identity, as scan_plugin.cu defines it (an ONNX node with op_type PLUGIN_NAME, attributes
 # plugin_version and plugin_namespace, maps to it); test_csrc.py holds the two in step.
@@ -38,6 +39,17 @@ PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = "mambaesr_edge"
 PLUGIN_FIELDS = ("delta_softplus", "has_D", "has_z", "has_delta_bias", "token_major")
 TOKEN_MAJOR_ORDER = ("u", "delta", "z", "B", "C", "y")  # the entries of the token_major field, in order
+
+
+def plugin_output_shape(u_shape: Sequence, token_major: Sequence[int]) -> list:
+    """The plugin's output y: u's batch, channels and length, laid out as token_major[y] says (u as token_major[u])."""
+    u_major, y_major = token_major[TOKEN_MAJOR_ORDER.index("u")], token_major[TOKEN_MAJOR_ORDER.index("y")]
+    batch, *rest = u_shape
+    return [batch, *(rest if u_major == y_major else rest[::-1])]
+
+JETPACK_TENSORRT_INCLUDE = "/usr/include/aarch64-linux-gnu"  # NvInfer*.h on JetPack 6/7 (Debian packages)
+DESKTOP_TENSORRT_INCLUDE = "/usr/include/x86_64-linux-gnu"  # the same packages on x86-64 Linux
+DESKTOP_ARCHS = ("7.5", "8.0", "8.6", "8.9", "9.0")  # a profile without a compute capability: every desktop GPU from Turing
 
 OLDEST_SM = 75  # CUDA 13 builds nothing older; TensorRT's IPluginV3 targets start there too (Xavier, 7.2, is out)
 
@@ -69,12 +81,15 @@ def scan_library_command(output: Path | str, archs: Sequence[str], *, nvcc: str 
     return [nvcc, *_COMMON_FLAGS, *_gencode(archs), str(SCAN_LIBRARY_SOURCE), "-o", str(output)]
 
 
-def plugin_command(output: Path | str, archs: Sequence[str], tensorrt_include: Path | str, *, nvcc: str = "nvcc") -> list[str]:
+def plugin_command(
+    output: Path | str, archs: Sequence[str], tensorrt_include: Path | str, *, nvcc: str = "nvcc", source: Path | str = PLUGIN_SOURCE
+) -> list[str]:
     """nvcc argv building the TensorRT plugin library for `archs` against TensorRT's headers (not linking libnvinfer).
 
-    On a Jetson with JetPack 6: tensorrt_include=/usr/include/aarch64-linux-gnu, archs=['8.7'].
+    On a Jetson with JetPack 6: tensorrt_include=JETPACK_TENSORRT_INCLUDE, archs=['8.7']. `source`: scan_plugin.cu
+    (a bundle's copy for its build_plugin.sh; selective_scan.cuh must sit beside it).
     """
-    return [nvcc, *_COMMON_FLAGS, *_gencode(archs), f"-I{tensorrt_include}", str(PLUGIN_SOURCE), "-o", str(output)]
+    return [nvcc, *_COMMON_FLAGS, *_gencode(archs), f"-I{tensorrt_include}", str(source), "-o", str(output)]
 
 
 def find_nvcc() -> str:
@@ -145,3 +160,19 @@ def cached_scan_library(arch: str) -> Path:
     if not path.is_file():
         build(scan_library_command(path, [arch], nvcc=nvcc), path)
     return path
+
+
+def load_plugin_library(trt, library: Path) -> None:
+    """Register the scan plugin library with TensorRT (IPluginV3 creators, TensorRT >= 10): before parsing the
+    plugin graph (the ONNX parser maps its custom nodes to the creator) and before deserialising its engine. One
+    place for the engine builder and the TensorRT backend."""
+    from .bundle import BUILD_PLUGIN_SCRIPT_FILE
+
+    if not library.is_file():
+        raise NativeCodeError(f"the plugin graph needs {library.name}, which is not built",
+                              hint=f"run bash {library.parent / BUILD_PLUGIN_SCRIPT_FILE} on this device first")  # fmt: skip
+    try:
+        trt.get_plugin_registry().load_library(str(library))
+    except (AttributeError, RuntimeError, OSError) as exc:
+        raise NativeCodeError(f"TensorRT cannot load the plugin library {library}: {exc}",
+                              hint=f"rebuild it on this device: bash {library.parent / BUILD_PLUGIN_SCRIPT_FILE}") from exc

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -77,6 +77,9 @@ def selective_scan(
 ) -> torch.Tensor:
     """Run the selective scan. Shapes: u, delta, z (batch, dim, L); A (dim, N); B, C (batch, N, L). Returns (batch, dim, L)."""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    substitute = _SUBSTITUTE.get()
+    if substitute is not None:
+        return substitute(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     impl = resolve_impl(impl, u.device)
     fn = {
         "reference": _scan_reference,
@@ -294,6 +297,24 @@ def fixed_capacity(max_tokens: int) -> Iterator[int]:
         yield CHUNK ** (levels + 1)
     finally:
         _TRACE_LEVELS.reset(token)
+
+
+# A function that stands in for every selective_scan call inside `substituted` (the exporter's custom-node scan);
+# a ContextVar like _TRACE_LEVELS: local to the exporting thread, reset when the block ends.
+_SUBSTITUTE: ContextVar[Callable[..., torch.Tensor] | None] = ContextVar("mambaesr_scan_substitute", default=None)
+
+
+@contextmanager
+def substituted(scan: Callable[..., torch.Tensor] | None) -> Iterator[None]:
+    """Inside the block, ``selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)`` calls ``scan`` with
+    those arguments (shapes already checked) whatever ``impl`` says. For export: the same model code traces to one
+    custom node per scan (export/plugin_graph.py), or records the scan's inputs and outputs for a check. None: no
+    substitute (``impl`` decides again), e.g. for the substitute's own call of the scan."""
+    token = _SUBSTITUTE.set(scan)
+    try:
+        yield
+    finally:
+        _SUBSTITUTE.reset(token)
 
 
 def linear_recurrence(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK, levels: int | None = None) -> torch.Tensor:

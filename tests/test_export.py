@@ -151,7 +151,7 @@ def test_onnx_matches_torch_on_real_image(bundle, model):
 
 def test_build_script_for_the_profile(bundle):
     text = (bundle / "build_engine.sh").read_text()
-    assert text.startswith("#!/usr/bin/env bash") and "--onnx=model_fp16.onnx" in text
+    assert text.startswith("#!/usr/bin/env bash") and "--onnx=model_trt_fp16.onnx" in text  # the plugin graph (issue 14)
     assert "--builderOptimizationLevel=3" in text and "--memPoolSize=workspace:1024M" in text
     assert "--minShapes=lr:1x3x16x16" in text and "--fp16" in text and "fp32/*:fp32" in text
     assert (bundle / "build_engine.sh").stat().st_mode & 0o111
@@ -229,6 +229,7 @@ def test_dynamic_bundle_checks_another_size(model, tmp_path):
     options = ExportOptions(profile=load_profile("x86-cpu"), tile=TILE, batch=2, dynamic_hw=True, max_size=32, simplify=False)
     result = export_bundle(net, loaded.sha256, tmp_path / "dyn", options)
     assert result.manifest["dynamic_hw"] is True and result.manifest["max_tokens"] == 4096
+    assert result.bundle.root == tmp_path / "dyn" and read_bundle(tmp_path / "dyn") == result.bundle  # not the staging folder
     other = [c for c in result.parity.cases if c.name == "random-other-size"]
     assert other and other[0].passed and other[0].shape != (2, 3, TILE, TILE)
     assert result.cost.unknown_shape_nodes == 0 and result.cost.input_shape == (2, 3, TILE, TILE)
@@ -393,6 +394,7 @@ def _fake_trt(version: str, calls: dict) -> types.SimpleNamespace:
             pass
 
         def parse(self, data):
+            calls.setdefault("order", []).append("parse")
             calls["parsed_bytes"] = len(data)
             return True
 
@@ -458,11 +460,18 @@ def _fake_trt(version: str, calls: dict) -> types.SimpleNamespace:
         def __init__(self, level):
             calls["log_level"] = level
 
+    class Registry:
+        def load_library(self, path):
+            calls.setdefault("order", []).append("load_library")
+            calls["plugin_library"] = path
+
+    flags = {} if trt_support.strongly_typed(version) else {"FP16": "FP16", "OBEY_PRECISION_CONSTRAINTS": "OBEY"}
     return types.SimpleNamespace(
         __version__=version, Logger=Logger, Builder=Builder, OnnxParser=Parser, float32=float32,
         NetworkDefinitionCreationFlag=types.SimpleNamespace(EXPLICIT_BATCH=0),
-        BuilderFlag=types.SimpleNamespace(FP16="FP16", OBEY_PRECISION_CONSTRAINTS="OBEY"),
+        BuilderFlag=types.SimpleNamespace(**flags),  # TensorRT 11 has no FP16 / OBEY_PRECISION_CONSTRAINTS
         MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"), layers=layers,
+        get_plugin_registry=Registry,
     )  # fmt: skip
 
 
@@ -473,7 +482,7 @@ def test_build_engine_with_fake_tensorrt(bundle, tmp_path, version):
     (work / "timing.cache").write_bytes(b"old")
     calls: dict = {}
     fake = _fake_trt(version, calls)
-    settings = trt_support.engine_settings(load_profile("orin-nano"), read_bundle(work))
+    settings = trt_support.engine_settings(load_profile("orin-nano"), read_bundle(work), plugin=False)  # the pure-op graph
     assert trt_support.build_engine(work, settings, trt=fake) == b"ENGINE"
     assert (work / "model.engine").read_bytes() == b"ENGINE"
     assert calls["cache_in"] == b"old" and (work / "timing.cache").read_bytes() == b"cache:old"
@@ -500,7 +509,7 @@ def test_engine_staleness(bundle, tmp_path):
     fake = _fake_trt("10.3.0", {})
     contents = read_bundle(work)
     manifest = contents.to_dict()
-    settings = trt_support.engine_settings(load_profile("orin-nano"), contents)
+    settings = trt_support.engine_settings(load_profile("orin-nano"), contents, plugin=False)  # plugin engines: test_export_plugin.py
     trt_support.build_engine(work, settings, trt=fake)
     assert "no manifest" in check_engine(work, "10.3.0", "Orin", "8.7")[0]
     write_engine_manifest(
@@ -545,7 +554,7 @@ def test_real_tensorrt_build(bundle, tmp_path):
     work = tmp_path / "bundle"
     shutil.copytree(bundle, work)
     gpu, capability = trt_support.detect_gpu()
-    settings = trt_support.engine_settings(load_profile("orin-nano"), read_bundle(work))
+    settings = trt_support.engine_settings(load_profile("orin-nano"), read_bundle(work), plugin=False)
     assert trt_support.build_engine(work, settings, trt=trt)
     write_engine_manifest(
         work / "model.engine.json",

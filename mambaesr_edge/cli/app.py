@@ -27,6 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import Interrupted, MambaESRError
 
@@ -54,10 +55,17 @@ class _Console(Console):
 
 
 def titled_table(title: str | None = None, *, caption: str | None = None, **options: object) -> Table:
-    """A rich Table at least as wide as its title and caption: rich wraps those to the table's width, which in a
-    pipe (no terminal width to cap it) would put line breaks inside paths. On a terminal its width still caps it."""
-    widest = max(len(title or ""), len(caption or ""))
-    return Table(title=title, caption=caption, min_width=widest or None, **options)
+    """A rich Table whose title and caption are never wrapped: rich wraps them to the table's width, which put line
+    breaks inside paths in piped output. They stay one line each (a terminal may still fold a very long one)."""
+
+    def one_line(text: str | None) -> Text | None:
+        return None if text is None else Text(text, overflow="ignore")  # plain text: a path may hold "["
+
+    table = Table(title=one_line(title), caption=one_line(caption), **options)
+    for annotation in (table.title, table.caption):
+        if annotation is not None:
+            annotation.no_wrap = True
+    return table
 
 
 console = _Console()  # results

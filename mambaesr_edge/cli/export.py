@@ -28,6 +28,7 @@ def export_command(
     fp16: Optional[bool] = typer.Option(None, "--fp16/--no-fp16", help="Also export model_fp16.onnx (default: when the profile is fp16)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify with onnxslim when installed."),
     no_engine: bool = typer.Option(False, "--no-engine", help="Do not build a TensorRT engine even when TensorRT is here."),
+    no_plugin: bool = typer.Option(False, "--no-plugin", help="No scan-plugin graph (model_trt.onnx): TensorRT runs the pure-op graph."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle folder."),
 ) -> None:
     """Export ONNX (+ fp16 variant) for a device, prove it against PyTorch, model its cost, and build or script the engine."""
@@ -41,7 +42,7 @@ def export_command(
     out_dir = out or Path(f"bundle-{profile.name}")
     options = ExportOptions(
         profile=profile, tile=tile, batch=batch, fp16=fp16, dynamic_hw=dynamic, max_size=max_size,
-        simplify=simplify, force=force, build_engine=not no_engine,
+        simplify=simplify, force=force, build_engine=not no_engine, plugin=not no_plugin,
     )  # fmt: skip
     global_options(ctx).note(f"exporting {weights or 'the default model'} for {profile.name} ({profile.description})")
     existed = out_dir.is_dir() and any(out_dir.iterdir())
@@ -88,16 +89,15 @@ def _parity_table(report) -> Table:
         f"parity vs {report.reference} (fp32: max abs <= {t.fp32_max_abs:g}, PSNR >= {t.fp32_min_psnr_db:g} dB; "
         f"fp16: PSNR >= {t.fp16_min_psnr_db:g} dB)"
     )
-    table = titled_table(title=title, box=box.SIMPLE_HEAD)
+    drop = report.fp16_drop_db()
+    caption = f"fp16 PSNR drop vs HR on the image tile: {drop:.4f} dB" if drop is not None else None
+    table = titled_table(title=title, caption=caption, box=box.SIMPLE_HEAD)
     for column in ("graph", "input", "shape", "max abs err", "PSNR dB", "PSNR vs HR (torch)", "result"):
         table.add_column(column, justify="left" if column in ("graph", "input", "result") else "right")
     for c in report.cases:
         vs_hr = f"{_db(c.psnr_vs_hr_db)} ({_db(c.torch_psnr_vs_hr_db)})" if c.torch_psnr_vs_hr_db is not None else "-"
         result = "[green]ok[/]" if c.passed else "[red]FAIL[/]"  # the reasons follow in the error line
         table.add_row(c.variant, c.name, "x".join(map(str, c.shape)), f"{c.max_abs:.2e}", _db(c.psnr_db), vs_hr, result)
-    drop = report.fp16_drop_db()
-    if drop is not None:
-        table.caption = f"fp16 PSNR drop vs HR on the image tile: {drop:.4f} dB"
     return table
 
 
@@ -121,11 +121,14 @@ def _cost_table(result, profile_name: str) -> Table:
 
 
 def _roofline_table(result, profile_name: str) -> Table:
-    table = titled_table(title="modelled latency = max(FLOPs / peak, bytes / bandwidth), no fusion (* = this export's device)", box=box.SIMPLE_HEAD)
-    for column in ("device", "compute ms", "memory ms", "ms / tile", "bound"):
-        table.add_column(column, justify="left" if column in ("device", "bound") else "right")
+    title = "modelled ms per tile = max(FLOPs / peak, bytes / bandwidth), no fusion (* = this export's device)"
+    table = titled_table(title=title, box=box.SIMPLE_HEAD)
+    for column in ("device", "pure-op ms", "bound", "scan-plugin ms", "bound "):
+        table.add_column(column, justify="left" if column.startswith(("device", "bound")) else "right")
     for name, r in sorted(result.rooflines.items(), key=lambda kv: (kv[0] != profile_name, kv[0])):
-        table.add_row(name + ("*" if name == profile_name else ""), f"{r.compute_ms:.3f}", f"{r.memory_ms:.3f}", f"{r.per_tile_ms:.3f}", r.bound)
+        plugin = result.plugin_rooflines.get(name)
+        table.add_row(name + ("*" if name == profile_name else ""), f"{r.per_tile_ms:.3f}", r.bound,
+                      f"{plugin.per_tile_ms:.3f}" if plugin else "-", plugin.bound if plugin else "")  # fmt: skip
     return table
 
 
@@ -135,6 +138,7 @@ def build_engine_command(
     bundle: Path = typer.Argument(..., help="Bundle folder written by `mambaesr-edge export`."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Profile for the build settings (default: the bundle's)."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache to reuse across builds (default: in the bundle)."),
+    no_plugin: bool = typer.Option(False, "--no-plugin", help="Build from the pure-op model.onnx even when the bundle has a plugin graph."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when the engine is up to date."),
     manifest_only: bool = typer.Option(False, "--manifest-only", help="Only record model.engine.json for an engine built by trtexec."),
 ) -> None:
@@ -148,7 +152,7 @@ def build_engine_command(
     profile = load_profile(device or contents.profile)
     trt = trt_support.require_tensorrt()
     gpu_name, capability = trt_support.detect_gpu()
-    settings = trt_support.engine_settings(profile, contents)
+    settings = trt_support.engine_settings(profile, contents, plugin=False if no_plugin else None)
     if profile.tensorrt and trt_support.parse_version(trt.__version__)[:2] != trt_support.parse_version(profile.tensorrt)[:2]:
         notes.note(f"note: profile {profile.name} expects TensorRT {profile.tensorrt}, this is {trt.__version__}")
     if not manifest_only:

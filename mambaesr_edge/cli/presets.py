@@ -15,7 +15,8 @@ def presets_command() -> None:
     from ..presets import PRESETS
 
     default = _default_preset()
-    table = titled_table(title="presets")
+    caption = f"* {default}: the shipped default model (used when no --weights/--model is given)" if default else None
+    table = titled_table(title="presets", caption=caption)
     for column in ("name", "dim", "groups x blocks", "d_state", "dt rank", "scan orders", "params (x4)"):
         table.add_column(column)
     for name, cfg in PRESETS.items():
@@ -28,8 +29,6 @@ def presets_command() -> None:
             ",".join(cfg.scan_orders),
             f"{count_parameters(MambaSR(cfg)):,}",
         )
-    if default is not None:
-        table.caption = f"* {default}: the shipped default model (used when no --weights/--model is given)"
     console.print(table)
 
 

@@ -6,6 +6,10 @@ This is how scan designs are compared for Jetson without a Jetson. Counting rule
 - element-wise ops (Add, Mul, Exp, Sigmoid, ...): 1 FLOP per output element (transcendentals count 1);
   LayerNormalization 5 per element; reductions 1 per input element.
 - data movement (Gather, Slice, Concat, Pad, Transpose, Cast, DepthToSpace, ...): 0 FLOPs.
+- the scan plugin's custom node (MambaESRSelectiveScan, model_trt.onnx): batch x dim x L x (SCAN_FLOPS_PER_STATE x N
+  + the per-token work its fields switch on: SCAN_FLOPS_PER_TOKEN), on the fp32 CUDA cores (the kernel computes in
+  fp32); its bytes are its real input and output tensors like any node's: it writes y and nothing else (the state
+  stays on chip), so the (L x dim x N) decays, drives and states of the pure-op scan are gone from the count.
 Shapes hidden behind Shape arithmetic are computed from the known shapes (see _tensor_info). Bytes:
 - `intermediate_bytes`: the size of every tensor a node writes, views (Reshape, Unsqueeze, Squeeze, Flatten,
   Identity) and shape arithmetic excluded: each is written once, so this is a lower bound on memory traffic for an
@@ -25,6 +29,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..native_build import PLUGIN_NAME, plugin_output_shape
 from ..presets import ModelConfig
 from ..profiles import DeviceProfile
 from .onnx import require_onnx
@@ -39,6 +44,10 @@ ELEMENTWISE = frozenset(
 REDUCTIONS = frozenset({"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "CumSum"})
 VIEWS = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Shape", "Constant", "Size"})
 LAYERNORM_FLOPS_PER_ELEMENT = 5
+# the fused scan per state element: decay exp(delta*A) 2, drive (delta*u)*B 1, h = a*h + b 2, y += C*h 2
+SCAN_FLOPS_PER_STATE = 7
+# per channel and token: delta*u 1, plus what the node's fields switch on
+SCAN_FLOPS_PER_TOKEN = {"base": 1, "has_delta_bias": 1, "delta_softplus": 4, "has_D": 2, "has_z": 3}
 _INDEX_TYPES = frozenset({6, 7, 9})  # int32, int64, bool: shape arithmetic
 _DTYPE_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
 
@@ -256,6 +265,11 @@ def _complete_shapes(proto, shapes: dict[str, tuple[int, ...]], types: dict[str,
                 shapes[out] = tuple(values[out].shape)
         if all(o in shapes for o in outputs) or not all(i in shapes for i in node.input if i):
             continue
+        if node.op_type == PLUGIN_NAME:  # no ONNX schema: its output is u's shape in the layout its fields say
+            major = next(list(a.ints) for a in node.attribute if a.name == "token_major")
+            shapes[outputs[0]] = tuple(plugin_output_shape(shapes[node.input[0]], major))
+            types.setdefault(outputs[0], types.get(node.input[0], 1))
+            continue
         schema = onnx.defs.get_schema(node.op_type, opsets.get(node.domain, 1), node.domain)
         input_types = {i: onnx.helper.make_tensor_type_proto(types.get(i, 1), shapes[i]) for i in node.input if i}
         input_data = {i: onnx.numpy_helper.from_array(values[i], i) for i in node.input if i in values}
@@ -300,6 +314,8 @@ def _node_flops(node, info: dict[str, tuple[tuple[int, ...], int]]) -> float:
         return 2.0 * out_elems * (a[0] if trans_a else a[-1])
     if op == "Einsum":
         return _einsum_flops(node, info, out_elems)
+    if op == PLUGIN_NAME:
+        return _scan_node_flops(node, info)
     if op in ELEMENTWISE:
         return float(out_elems)
     if op == "LayerNormalization":
@@ -307,6 +323,18 @@ def _node_flops(node, info: dict[str, tuple[tuple[int, ...], int]]) -> float:
     if op in REDUCTIONS:
         return float(math.prod(info.get(node.input[0], ((0,),))[0]))
     return 0.0
+
+
+def _scan_node_flops(node, info) -> float:
+    """FLOPs of one scan plugin node from its u (batch, dim, L or transposed: token_major) and A (dim, N) inputs."""
+    fields = {a.name: (list(a.ints) if a.ints else a.i) for a in node.attribute}
+    u_shape = info.get(node.input[0], ((),))[0]
+    a_shape = info.get(node.input[2], ((),))[0]
+    if len(u_shape) != 3 or len(a_shape) != 2:
+        return 0.0
+    per_token = SCAN_FLOPS_PER_TOKEN["base"] + sum(v for k, v in SCAN_FLOPS_PER_TOKEN.items() if k != "base" and fields.get(k))
+    tokens_x_channels = math.prod(u_shape)  # batch x dim x L whichever the layout (token_major[u])
+    return float(tokens_x_channels * (SCAN_FLOPS_PER_STATE * a_shape[1] + per_token))
 
 
 def _einsum_flops(node, info, out_elems: int) -> float:

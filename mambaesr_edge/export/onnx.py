@@ -17,6 +17,9 @@ then right for any h*w <= capacity (16 ** k >= max_tokens; recorded in the metad
 Batch is dynamic too. Only single-order (raster) configs can be exported dynamically: other scan orders are
 permutations built for one H x W at trace time.
 
+Plugin graph (`plugin=True`, export/plugin_graph.py): every selective scan is one custom node for the TensorRT
+plugin (TensorRT only; ONNX Runtime has no such op), traced from the same model code.
+
 FP16 variant (`precision="fp16"`): the model's weights and activations are converted to half, the scan casts to
 fp32 internally (scan.py), and I/O stays float32 (a Cast at each end). Nodes that compute in float32 in that graph
 (the scan) are renamed with the prefix `fp32/`, so a TensorRT build can pin them to fp32 by name (tensorrt.py).
@@ -41,8 +44,10 @@ from ..errors import ConfigError, DependencyMissingError, MambaESRError
 from ..fileio import atomic_write, disk_full_error
 from ..machine import package_versions
 from ..model import MambaSR
+from ..native_build import PLUGIN_NAMESPACE
 from ..presets import ModelConfig
-from ..scan import fixed_capacity
+from ..scan import fixed_capacity, substituted
+from .plugin_graph import check_plugin_nodes, fold_transposes, plugin_scan
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +121,14 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     metadata: dict[str, str] | None = None,
     simplify: bool = True,
+    plugin: bool = False,
 ) -> OnnxExport:
     """Export `model` to `path`, check it (no Loop/Scan, onnx.checker, strict shape inference) and add metadata.
 
     `input_shape` is the traced (N, 3, h, w); with dynamic_hw the graph accepts any N and any h*w <= the capacity
     chosen for `max_tokens` (default h*w of input_shape). `max_tokens` without dynamic_hw traces the same
     fixed-depth scan with static shapes (what the cost model uses to see a dynamic graph's structure).
+    `plugin`: each scan becomes one custom node for the TensorRT plugin (plugin_graph.py), checked structurally.
     """
     onnx = require_onnx()
     if opset < 17:
@@ -143,8 +150,9 @@ def export_onnx(
     if dynamic_hw and max_tokens is None:
         max_tokens = h * w
     recurrence = fixed_capacity(max_tokens) if max_tokens else contextlib.nullcontext(None)
+    scan = substituted(plugin_scan) if plugin else contextlib.nullcontext()
     buffer = io.BytesIO()
-    with recurrence as capacity, warnings.catch_warnings(record=True) as caught, torch.no_grad():
+    with recurrence as capacity, scan, warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         torch.onnx.export(
             wrapper,
@@ -156,14 +164,21 @@ def export_onnx(
             output_names=[OUTPUT_NAME],
             dynamic_axes=dynamic_axes if dynamic_hw else None,
             do_constant_folding=True,
+            custom_opsets={PLUGIN_NAMESPACE: 1} if plugin else None,
         )
     log.debug("torch.onnx.export: %d warnings (tracer warnings about shape-dependent Python control flow are expected)", len(caught))
     proto = onnx.load_from_string(buffer.getvalue())
+    if plugin:
+        fold_transposes(proto)
     check_graph(proto)
     simplifier = None
     if simplify:
         proto, simplifier = _simplify(proto)
         check_graph(proto)
+    if plugin:
+        problems = check_plugin_nodes(proto, model.config.n_mixers)
+        if problems:
+            raise OnnxExportError("the plugin graph breaks the plugin contract: " + "; ".join(problems), hint="report this bug")
     if precision == "fp16":
         mark_fp32_nodes(proto)
     _set_metadata(proto, metadata or {})

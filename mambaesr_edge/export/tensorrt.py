@@ -5,7 +5,14 @@ Precision: for an fp16 profile the engine is built from `model_fp16.onnx` (fp16 
 the graph parity-checked in ONNX Runtime) with BuilderFlag.FP16 plus OBEY_PRECISION_CONSTRAINTS, and every layer
 whose name starts with `fp32/` (the nodes that compute in float32 in that graph, see onnx.mark_fp32_nodes) pinned to
 fp32, so TensorRT cannot move the scan's exp/recurrence to fp16 (fp16 exp overflows; REFERENCE section 4).
-trtexec gets the same through --precisionConstraints=obey --layerPrecisions=fp32/*:fp32.
+trtexec gets the same through --precisionConstraints=obey --layerPrecisions=fp32/*:fp32. TensorRT 11 has no FP16 flag
+and no weak typing (REFERENCE section 7): every network is strongly typed, so the fp16 graph's own dtypes are the
+precision and neither the flag nor the pins are set (`strongly_typed`).
+
+Scan plugin: when the bundle holds the plugin graph (model_trt.onnx / model_trt_fp16.onnx, profiles with
+scan_plugin) the engine is built from it, with the plugin library (built by the bundle's build_plugin.sh) loaded
+first: `IPluginRegistry.load_library` here, `trtexec --dynamicPlugins` in build_engine.sh; the manifest records
+the library's sha256. `engine_settings(..., plugin=False)` builds the pure-op graph instead.
 
 Engines are not portable across GPUs or TensorRT versions: `engine_manifest` makes the record of what the engine was
 built with and from (the format and the staleness rule live in mambaesr_edge/bundle.py, shared with the runtime).
@@ -23,14 +30,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
 
+from .. import native_build
 from ..bundle import (
+    BUILD_PLUGIN_SCRIPT_FILE,
     ENGINE_FILE,
     ENGINE_MANIFEST_FILE,
     TIMING_CACHE_FILE,
     Bundle,
     EngineManifest,
 )
-from ..errors import DependencyMissingError, MambaESRError
+from ..errors import ConfigError, DependencyMissingError, MambaESRError
 from ..fileio import atomic_write, sha256_file
 from ..gpu import gpu_identity
 from ..profiles import MIN_TILE, DeviceProfile
@@ -60,6 +69,7 @@ class EngineSettings:
     builder_optimization_level: int
     engine_file: str = ENGINE_FILE
     timing_cache_file: str = TIMING_CACHE_FILE
+    plugin_file: str | None = None  # the scan plugin library the graph needs (loaded before parsing); None: pure-op graph
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -72,13 +82,24 @@ def parse_version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def strongly_typed(trt_version: str) -> bool:
+    """TensorRT 11 builds strongly typed networks only (no FP16 builder flag, no per-layer precision)."""
+    return parse_version(trt_version) >= (11,)
+
+
+def has_plugin_loading(trt_version: str) -> bool:
+    """IPluginV3 plugin libraries (getCreators) load from TensorRT 10.0 on."""
+    return parse_version(trt_version) >= (10,)
+
+
 def has_optimization_level(trt_version: str) -> bool:
     """builder_optimization_level exists from TensorRT 8.6."""
     return parse_version(trt_version) >= (8, 6)
 
 
-def engine_settings(profile: DeviceProfile, bundle: Bundle) -> EngineSettings:
-    """Settings for `profile` from a bundle."""
+def engine_settings(profile: DeviceProfile, bundle: Bundle, *, plugin: bool | None = None) -> EngineSettings:
+    """Settings for `profile` from a bundle. `plugin`: build the plugin graph (None: when the bundle has one and the
+    profile's scan_plugin is on; True without a plugin graph is a ConfigError; False: the pure-op graph)."""
     n, tile = bundle.batch, bundle.tile
     opt = (n, 3, tile, tile)
     if bundle.dynamic_hw:
@@ -90,8 +111,12 @@ def engine_settings(profile: DeviceProfile, bundle: Bundle) -> EngineSettings:
     use_fp16_graph = fp16 and bundle.onnx_fp16 is not None
     if fp16 and not use_fp16_graph:
         log.warning("fp16 profile but the bundle has no fp16 graph: TensorRT picks each layer's precision, the scan included")
+    if plugin and bundle.onnx_trt is None:
+        raise ConfigError(f"bundle {bundle.root} has no plugin graph", hint="re-export for a profile with scan_plugin = true, without --no-plugin")
+    use_plugin = bundle.onnx_trt is not None and bundle.plugin is not None and (plugin if plugin is not None else profile.scan_plugin)
+    graph = bundle.trt_entry("fp16" if fp16 else "fp32") if use_plugin else bundle.onnx_entry("fp16" if use_fp16_graph else "fp32")
     return EngineSettings(
-        onnx_file=bundle.onnx_entry("fp16" if use_fp16_graph else "fp32").file,
+        onnx_file=graph.file,
         input_name=bundle.input_name,
         min_shape=min_shape,
         opt_shape=opt,
@@ -100,6 +125,7 @@ def engine_settings(profile: DeviceProfile, bundle: Bundle) -> EngineSettings:
         fp32_layer_prefix=FP32_PREFIX if use_fp16_graph else None,
         workspace_mib=profile.workspace_mib,
         builder_optimization_level=profile.builder_optimization_level,
+        plugin_file=bundle.plugin.library if use_plugin and bundle.plugin is not None else None,
     )
 
 
@@ -121,9 +147,13 @@ def trtexec_command(settings: EngineSettings, trt_version: str) -> list[str]:
         f"--memPoolSize=workspace:{workspace}",
         f"--timingCacheFile={settings.timing_cache_file}",
     ]
-    if settings.fp16:
+    if settings.plugin_file:
+        if not has_plugin_loading(trt_version):
+            raise ConfigError(f"the scan plugin needs TensorRT >= 10, the profile expects {trt_version}", hint="re-export with --no-plugin")
+        argv.append(f"--dynamicPlugins=./{settings.plugin_file}")
+    if settings.fp16 and not strongly_typed(trt_version):
         argv.append("--fp16")
-    if settings.fp32_layer_prefix:
+    if settings.fp32_layer_prefix and not strongly_typed(trt_version):
         argv += ["--precisionConstraints=obey", f"--layerPrecisions={settings.fp32_layer_prefix}*:fp32"]
     if has_optimization_level(trt_version):
         argv.append(f"--builderOptimizationLevel={settings.builder_optimization_level}")
@@ -135,6 +165,14 @@ def build_script(settings: EngineSettings, profile: DeviceProfile) -> str:
     """build_engine.sh: the trtexec build for the profile's expected TensorRT, then the manifest (when installed)."""
     argv = trtexec_command(settings, profile.tensorrt)
     command = " \\\n    ".join(shlex.quote(a) for a in ['"$TRTEXEC"', *argv[1:]]).replace("'\"$TRTEXEC\"'", '"$TRTEXEC"')
+    plugin = "" if not settings.plugin_file else f"""# 1. the scan plugin library (nvcc, on this device); the engine needs it at build and at run time
+bash {BUILD_PLUGIN_SCRIPT_FILE}
+# 2. the engine from the plugin graph, the library loaded: TensorRT 10.3 (JetPack 6) loads it with --dynamicPlugins
+#    (IPluginRegistry::loadLibrary through the library's getCreators/setLoggerFinder entry points, TensorRT >= 10.0);
+#    --staticPlugins would need REGISTER_TENSORRT_PLUGIN, which the library does not compile in (it would link
+#    libnvinfer). Not yet run inside a real engine (no TensorRT where this was built): if the parse fails, re-export
+#    with --no-plugin for the pure-op graph.
+"""
     return f"""#!/usr/bin/env bash
 # Build the TensorRT engine of this bundle ON THE TARGET DEVICE ({profile.name}: TensorRT {profile.tensorrt or '?'},
 # JetPack {profile.jetpack or '-'}). Engines are not portable across GPUs or TensorRT versions.
@@ -143,7 +181,8 @@ def build_script(settings: EngineSettings, profile: DeviceProfile) -> str:
 set -euo pipefail
 cd "$(dirname "$0")"
 TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}"
-{command}
+{plugin}{command}
+# the manifest (model.engine.json: TensorRT, GPU, graph and weights sha256{", the plugin library's sha256" if settings.plugin_file else ""})
 if command -v mambaesr-edge >/dev/null 2>&1; then
     mambaesr-edge build-engine . --manifest-only
 else
@@ -179,6 +218,9 @@ def build_engine(
     `timing_cache` (default: the bundle's timing.cache) is loaded when present and saved after the build, so
     builds of other bundles on the same device can reuse it.
     """
+    typed = strongly_typed(trt.__version__)
+    if settings.plugin_file:
+        load_plugin_library(trt, bundle_dir / settings.plugin_file)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
@@ -192,9 +234,9 @@ def build_engine(
         raise EngineBuildError(f"TensorRT could not parse {onnx_path.name}: {'; '.join(errors[:3])}", hint="check the TensorRT version")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
-    if settings.fp16:
+    if settings.fp16 and not typed:  # TensorRT 11: the fp16 graph's dtypes are the precision
         config.set_flag(trt.BuilderFlag.FP16)
-    if settings.fp32_layer_prefix:
+    if settings.fp32_layer_prefix and not typed:
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         pinned = pin_fp32_layers(network, settings.fp32_layer_prefix, trt)
         log.info("pinned %d layers to fp32", pinned)
@@ -215,6 +257,14 @@ def build_engine(
     with atomic_write(cache_path) as tmp:
         tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     return data
+
+
+def load_plugin_library(trt: ModuleType, library: Path) -> None:
+    """``native_build.load_plugin_library`` after checking that this TensorRT has IPluginV3 (>= 10)."""
+    if not has_plugin_loading(trt.__version__):
+        raise EngineBuildError(f"the scan plugin needs TensorRT >= 10 (IPluginV3), this is {trt.__version__}",
+                               hint="re-export with --no-plugin for the pure-op graph")  # fmt: skip
+    native_build.load_plugin_library(trt, library)
 
 
 def pin_fp32_layers(network, prefix: str, trt: ModuleType) -> int:
@@ -254,6 +304,8 @@ def engine_manifest(
         precision="fp16" if settings.fp16 else "fp32",
         shapes={"min": list(settings.min_shape), "opt": list(settings.opt_shape), "max": list(settings.max_shape)},
         scale=bundle.scale,
+        plugin_file=settings.plugin_file,
+        plugin_sha256=sha256_file(root / settings.plugin_file) if settings.plugin_file else None,
         extra={
             "fp32_layers": f"{settings.fp32_layer_prefix}*" if settings.fp32_layer_prefix else None,
             "settings": asdict(settings),

@@ -66,6 +66,7 @@ class DeviceProfile:
     batch: int
     workspace_mib: int
     builder_optimization_level: int
+    scan_plugin: bool  # TensorRT bundles run the scan as one custom node (the csrc/ IPluginV3 plugin; TensorRT >= 10)
     jetpack: str
     tensorrt: str
     cuda: str
@@ -115,6 +116,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "batch": (int,),
     "workspace_mib": (int,),
     "builder_optimization_level": (int,),
+    "scan_plugin": (bool,),
     "jetpack": (str,),
     "tensorrt": (str,),
     "cuda": (str,),
@@ -199,6 +201,25 @@ def _type_words(types: tuple[type, ...]) -> str:
     return " or ".join(dict.fromkeys(words[t] for t in types))
 
 
+PLUGIN_MIN_TENSORRT = 10  # IPluginV3, and loading a plugin library by its getCreators entry point, start with 10.0
+PLUGIN_MIN_COMPUTE_CAPABILITY = (7, 5)  # what CUDA 12/13 and TensorRT 10 build for (native_build.OLDEST_SM)
+
+
+def _scan_plugin_problems(v: dict) -> list[str]:
+    """scan_plugin = true needs the tensorrt backend, TensorRT >= 10 and a GPU of compute capability >= 7.5."""
+    out = []
+    if v["backend"] != "tensorrt":
+        out.append(f"scan_plugin = true needs backend = 'tensorrt' (this profile's backend is {v['backend']!r})")
+    major = v["tensorrt"].split(".")[0]
+    if major.isdigit() and int(major) < PLUGIN_MIN_TENSORRT:
+        out.append(f"scan_plugin = true needs TensorRT >= {PLUGIN_MIN_TENSORRT} (IPluginV3); this profile expects "
+                   f"TensorRT {v['tensorrt']}: set scan_plugin = false")
+    cc = v["compute_capability"]
+    if _CC_RE.match(cc) and cc and tuple(int(x) for x in cc.split(".")) < PLUGIN_MIN_COMPUTE_CAPABILITY:
+        out.append(f"scan_plugin = true needs compute capability >= 7.5, this profile's is {cc}: set scan_plugin = false")
+    return out
+
+
 def _value_problems(v: dict) -> list[str]:
     """Impossible or unknown values (types are already checked)."""
     out: list[str] = []
@@ -233,6 +254,8 @@ def _value_problems(v: dict) -> list[str]:
         out.append(f"compute_capability {v['compute_capability']!r} is not like '8.7' (or '')")
     if v["backend"] == "tensorrt" and not v["tensorrt"]:
         out.append("tensorrt must name the expected TensorRT version for the tensorrt backend")
+    if v["scan_plugin"]:
+        out += _scan_plugin_problems(v)
     if v["backend"] == "onnxruntime-cpu" and v["precision"] != "fp32":
         out.append("onnxruntime-cpu runs fp32 only: set precision = 'fp32'")
     if any(not isinstance(m, str) or not m for m in v["power_modes"]):

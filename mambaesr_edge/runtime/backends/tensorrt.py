@@ -37,6 +37,7 @@ from ...bundle import (
 )
 from ...errors import DependencyMissingError
 from ...gpu import CudaRuntime
+from ...native_build import load_plugin_library
 from ..errors import BackendError, EngineMismatchError
 from .base import BackendInfo
 
@@ -72,7 +73,7 @@ class TensorRTBackend:
             )
         manifest = read_engine_manifest(engine_manifest_path(engine_path))
         if manifest.plugin_file:
-            _load_plugin(trt, engine_path.parent / manifest.plugin_file)
+            load_plugin_library(trt, engine_path.parent / manifest.plugin_file)
         self._lock = threading.Lock()
         self.cuda.push()
         try:
@@ -159,12 +160,3 @@ class TensorRTBackend:
     def synchronize(self) -> None:
         with self._lock:
             self.cuda.sync(self._stream)
-
-
-def _load_plugin(trt, library: Path) -> None:
-    """Register the custom-op plugin library (TensorRT 10's getCreators entry point) before deserialising."""
-    try:
-        trt.get_plugin_registry().load_library(str(library))
-    except (AttributeError, RuntimeError, OSError) as exc:
-        raise BackendError(f"TensorRT cannot load the plugin library {library}: {exc}",
-                           hint=f"rebuild it on this device: bash {library.parent / 'build_plugin.sh'}") from exc
