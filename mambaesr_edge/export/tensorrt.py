@@ -39,7 +39,7 @@ from ..bundle import (
     Bundle,
     EngineManifest,
 )
-from ..errors import ConfigError, DependencyMissingError, MambaESRError
+from ..errors import ConfigError, DependencyMissingError, MambaESRError, NativeCodeError
 from ..fileio import atomic_write, sha256_file
 from ..gpu import gpu_identity
 from ..profiles import MIN_TILE, DeviceProfile
@@ -264,7 +264,10 @@ def load_plugin_library(trt: ModuleType, library: Path) -> None:
     if not has_plugin_loading(trt.__version__):
         raise EngineBuildError(f"the scan plugin needs TensorRT >= 10 (IPluginV3), this is {trt.__version__}",
                                hint="re-export with --no-plugin for the pure-op graph")  # fmt: skip
-    native_build.load_plugin_library(trt, library)
+    try:
+        native_build.load_plugin_library(trt, library)
+    except NativeCodeError as exc:  # a build error here: the engine cannot be built without it
+        raise EngineBuildError(exc.message, hint=exc.hint) from exc
 
 
 def pin_fp32_layers(network, prefix: str, trt: ModuleType) -> int:
