@@ -126,7 +126,7 @@ def test_cuda_impl_refuses_cpu_tensors():
 
 # ---------------------------------------------------------------- GPU: the kernel through the plugin and the torch op
 
-LENGTHS = [1, 2, 255, 257, 1000, 4097, 20000]  # kChunk = 256: none a multiple beyond the first
+LENGTHS = [1, 2, 255, 257, 1000, 4097, 20000]  # chunks of 128 or 256 tokens: none a multiple beyond the first
 OPTION_SETS = [(), ("D",), ("z",), ("bias", "softplus"), ("D", "z", "bias", "softplus")]
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3}
 
@@ -182,7 +182,7 @@ def _write_spec(folder: Path, inputs: dict, dtype: torch.dtype, token_major: lis
     """Input files in the plugin's order and layouts, and the spec the harness reads; returns (spec, y's shape)."""
     np_dtype = np.float16 if dtype == torch.float16 else np.float32
     order = ["u", "delta", "A", "B", "C"] + [k for k in ("D", "z", "delta_bias") if k in inputs]
-    layouts = dict(zip(native_build.TOKEN_MAJOR_ORDER, token_major))
+    layouts = dict(zip(native_build.TOKEN_MAJOR_ORDER, token_major, strict=True))
     lines = ["fields {} {} {} {} {}".format(int(softplus), int("D" in inputs), int("z" in inputs),
                                             int("delta_bias" in inputs), " ".join(map(str, token_major))),
              f"dtype {int(dtype == torch.float16)}"]
