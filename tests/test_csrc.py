@@ -126,7 +126,7 @@ def test_cuda_impl_refuses_cpu_tensors():
 
 # ---------------------------------------------------------------- GPU: the kernel through the plugin and the torch op
 
-LENGTHS = [1, 2, 255, 257, 1000, 4097, 20000]  # kChunk = 256: none a multiple beyond the first
+LENGTHS = [1, 2, 255, 257, 1000, 4097, 20000]  # chunks of 128 or 256 tokens: none a multiple beyond the first
 OPTION_SETS = [(), ("D",), ("z",), ("bias", "softplus"), ("D", "z", "bias", "softplus")]
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3}
 

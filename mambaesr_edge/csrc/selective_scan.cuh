@@ -9,20 +9,23 @@
 // delta and z token-major, B and C token-major with a row stride) are read as they are: no transpose around it.
 // u, delta, B, C, z and y share one dtype (fp32 or fp16); A, D and delta_bias are fp32; all maths in fp32.
 //
-// Work split. A block takes `cpb` channels (two per warp: one per half-warp of kLanes lanes) of one batch row
-// and walks L in chunks of kChunk = kLanes * kItems tokens, carrying the state of each (channel, state) pair from
-// chunk to chunk. Per chunk: the block stages its channels' u, delta' (bias + softplus applied once, here), silu(z)
-// and the chunk's B and C in shared memory with coalesced loads whatever the strides; lane j of a half-warp owns
-// tokens j*kItems .. j*kItems+kItems-1 of one channel; for each state n it (1) folds its kItems steps into one
-// affine step (decay product P, state-from-zero H), (2) scans those 16 steps across the half-warp with shuffles
-// (log2(16) = 4 rounds), (3) replays its kItems steps from the incoming state, accumulating y += C h in registers.
-// So the state never leaves registers except once per chunk (the carry), and every input is read from device
-// memory once and y written once: the minimal bytes.
+// Work split. A block takes `cpb` channels (two per warp: one per half-warp of kLanes lanes) of one batch row and
+// walks L in chunks of kLanes * kItems tokens, carrying the state of each (channel, state) pair from chunk to chunk.
+// Per chunk: each thread loads its share of the chunk's u, delta, z, B and C tiles into registers (all loads issued
+// before the first use: one memory latency per chunk, not one per tensor), then writes them to shared memory with
+// delta' (bias + softplus) and silu(z) applied once; walks are coalesced for either layout of every tensor. Lane j of a
+// half-warp owns tokens j*kItems .. j*kItems+kItems-1 of one channel; for each state n (two at a time, for
+// independent work in flight) it (1) folds its kItems steps into one affine step h -> P h + H (P = exp2(A sum(delta'))),
+// (2) scans those steps across the half-warp with shuffles (log2(16) = 4 rounds), (3) replays its kItems steps from
+// the incoming state, accumulating y += C h in registers. With kPrefetch the next chunk's loads are issued before
+// this chunk's arithmetic, so memory and arithmetic overlap inside a block as well as across blocks. The state never
+// leaves registers except once per chunk (the carry); every input is read from device memory once and y written
+// once: the minimal bytes.
 //
-// Shared-memory layout: token t = j*kItems + i of a chunk sits at column t + t / kItems (= 17 j + i), so the 16 lanes
-// of a half-warp reading item i hit 16 different banks; channel rows are kRowC = 272 (= 16 mod 32) floats apart so
-// the two half-warps of a warp do not collide either; B/C rows are kRowBC = 273 floats apart (odd), so the
-// staging stores of token-major B/C spread over the banks.
+// Shared-memory layout: token t = j*kItems + i of a chunk sits at column t + t / kItems (= (kItems+1) j + i), so the
+// 16 lanes of a half-warp reading item i hit 16 different banks; rows are kRow = kChunk + kLanes + 1 floats apart
+// (odd), so the channel-fast staging stores of token-major tensors (consecutive threads, consecutive rows) spread
+// over the banks too; B and C rows are read by both half-warps of a warp at the same address (a broadcast).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -30,13 +33,6 @@
 #include <stdint.h>
 
 namespace mambaesr {
-
-constexpr int kLanes = 16;                          // lanes per channel (a half-warp)
-constexpr int kItems = 16;                          // consecutive tokens per lane
-constexpr int kChunk = kLanes * kItems;             // tokens per chunk: 256
-constexpr int kRowC = kChunk + kChunk / kItems;     // 272 floats per channel row in shared memory
-constexpr int kRowBC = kRowC + 1;                   // 273 floats per state row of B and C
-constexpr int kMaxChannelsPerBlock = 16;            // 8 warps
 
 enum ScanDType : int32_t { kScanFloat32 = 0, kScanFloat16 = 1 };
 
@@ -57,6 +53,18 @@ struct ScanParams {
     int64_t u_stride[3], delta_stride[3], A_stride[2], B_stride[3], C_stride[3], z_stride[3], y_stride[3];
 };
 
+constexpr int kLanes = 16;                                // lanes per channel (a half-warp)
+constexpr int kMaxChannelsPerBlock = 16;                  // 8 warps
+constexpr int kMaxThreads = kMaxChannelsPerBlock * kLanes;
+
+// Tokens per lane and the chunk and row sizes that follow from it.
+template <int kItems>
+struct ChunkShape {
+    static constexpr int kChunk = kLanes * kItems;        // tokens per chunk
+    static constexpr int kRow = kChunk + kLanes + 1;      // floats per row of a shared-memory tile (odd)
+    static __device__ __forceinline__ int column(int t) { return t + t / kItems; }
+};
+
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 __device__ __forceinline__ void from_float(float x, float* out) { *out = x; }
@@ -69,240 +77,328 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 
 // softplus(x) = max(x, 0) + log1p(exp(-|x|)), as scan.stable_softplus (never exponentiates a positive number)
-__device__ __forceinline__ float softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
+__device__ __forceinline__ float softplus(float x) { return fmaxf(x, 0.0f) + log1pf(__expf(-fabsf(x))); }
 
-__device__ __forceinline__ int column(int t) { return t + t / kItems; }
+__device__ __forceinline__ float silu(float x) { return __fdividef(x, 1.0f + __expf(-x)); }
 
-enum TileOp { kPlain = 0, kDelta = 1, kSilu = 2 };
+// A (batch, K, L) tensor is walked token-fast (consecutive threads, consecutive tokens) unless its channels are the
+// contiguous dimension.
+__device__ __forceinline__ bool token_fast(int64_t const* stride) { return stride[2] == 1 || stride[1] != 1; }
 
-// Stages rows [row0, row0 + rows) x tokens [t0, t0 + kChunk) of a (batch, K, L) tensor into shared memory
-// (row r at dst + r * row_stride, token t at column(t)); zeros outside the tensor. Consecutive threads walk the
-// tensor's contiguous dimension, so the loads are coalesced for either layout; each thread issues kInFlight loads
-// before it uses any (a loop that stored each value before the next load would wait a full memory latency per element).
-constexpr int kInFlight = 8;
+// The walk of a kCpb x kChunk tile by the block's kCpb * kLanes threads: element k (0 .. kItems-1) of this thread is
+// row base_row + row_step(k), token base_tok + tok_step(k), with the steps compile-time constants, so one address
+// and one shared-memory slot per thread and tensor serve all k. Token-fast walks give consecutive threads consecutive
+// tokens; channel-fast walks keep one row per thread and give consecutive threads consecutive rows.
+template <int kItems, int kCpb>
+struct TileWalk {
+    static constexpr int kChunk = kLanes * kItems;
+    static constexpr int kThreads = kCpb * kLanes;
+    static_assert(kLanes % kItems == 0 && (kCpb & (kCpb - 1)) == 0, "kItems divides 16; kCpb a power of two");
+    int row, tok;   // this thread's first element
+    bool tok_fast;
 
-template <typename T, int Op>
-__device__ __forceinline__ void stage_tile(float* dst, int row_stride, T const* src, int64_t const* stride, int b,
-    int row0, int rows, int rows_total, int t0, int length, float const* bias, int softplus_on) {
-    int const n = rows * kChunk;
-    bool const token_fast = stride[2] == 1 || stride[1] != 1;
-    T const* base = src + b * stride[0];
-    for (int first = threadIdx.x; first < n; first += kInFlight * blockDim.x) {
-        float v[kInFlight];
-        int slot[kInFlight], row_of[kInFlight];
-#pragma unroll
-        for (int k = 0; k < kInFlight; ++k) {
-            int const idx = first + k * blockDim.x;
-            int r = 0, t = 0;
-            if (token_fast) {
-                r = idx / kChunk;
-                t = idx - r * kChunk;
-            } else {
-                t = idx / rows;
-                r = idx - t * rows;
-            }
-            int const row = row0 + r, tok = t0 + t;
-            slot[k] = idx < n ? r * row_stride + column(t) : -1;
-            row_of[k] = row;
-            v[k] = (idx < n && row < rows_total && tok < length) ? to_float(base[row * stride[1] + tok * stride[2]]) : 0.0f;
+    __device__ __forceinline__ explicit TileWalk(bool token_fast_walk) : tok_fast(token_fast_walk) {
+        int const tid = threadIdx.x;
+        if (tok_fast) {
+            row = tid / kChunk;  // 0 when the block has fewer threads than a chunk has tokens
+            tok = tid % kChunk;
+        } else {
+            row = tid % kCpb;
+            tok = tid / kCpb;
         }
+    }
+    __device__ __forceinline__ int row_step(int k) const {
+        return tok_fast ? (k * kThreads) / kChunk : 0;
+    }
+    __device__ __forceinline__ int tok_step(int k) const {
+        return tok_fast ? (k * kThreads) % kChunk : k * kLanes;
+    }
+    // shared-memory slot of element k: row * kRow + column(tok), as an offset from slot(0) (a multiple of kItems is
+    // added to tok, so column() moves by a constant)
+    __device__ __forceinline__ int slot(int k) const {
+        int const t = tok_step(k);
+        return row_step(k) * ChunkShape<kItems>::kRow + t + t / kItems;
+    }
+    __device__ __forceinline__ int base_slot() const { return row * ChunkShape<kItems>::kRow + ChunkShape<kItems>::column(tok); }
+};
+
+// A value the compiler cannot see through, so address arithmetic is redone per chunk instead of being hoisted out
+// of the chunk loop into dozens of live registers.
+__device__ __forceinline__ int64_t opaque(int64_t x) {
+    asm volatile("" : "+l"(x));
+    return x;
+}
+
+// Loads this thread's share of rows [row0, row0 + kCpb) x tokens [t0, t0 + kChunk) of batch row b; zero outside
+// the tensor. Raw values: nothing uses them until store_tile, so the loads stay in flight meanwhile.
+template <typename T, int kItems, int kCpb>
+__device__ __forceinline__ void load_tile(T (&v)[kItems], T const* src, int64_t const* stride, int b, int row0,
+    int rows_total, int t0, int length) {
+    TileWalk<kItems, kCpb> const walk(token_fast(stride));
+    int64_t const s1 = opaque(stride[1]), s2 = opaque(stride[2]);
+    int const row = row0 + walk.row, tok = t0 + walk.tok;
+    T const* base = src + b * stride[0] + row * s1 + tok * s2;
 #pragma unroll
-        for (int k = 0; k < kInFlight; ++k) {
-            if (slot[k] < 0) continue;
-            float x = v[k];
-            if (Op == kDelta) {  // positions past the tensor stay 0 (they are never stored) but may pass through here
-                if (bias != nullptr && row_of[k] < rows_total) x += bias[row_of[k]];
-                if (softplus_on) x = softplus(x);
-            } else if (Op == kSilu) {
-                x = x / (1.0f + expf(-x));
-            }
-            dst[slot[k]] = x;
-        }
+    for (int k = 0; k < kItems; ++k) {
+        int const dr = walk.row_step(k), dt = walk.tok_step(k);
+        v[k] = (row + dr < rows_total && tok + dt < length) ? base[dr * s1 + dt * s2] : T(0.0f);
     }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kMaxChannelsPerBlock * kLanes) selective_scan_fwd_kernel(ScanParams p, int cpb) {
+enum TileOp { kPlain = 0, kDelta = 1, kSilu = 2 };
+
+// Writes what load_tile loaded into a shared-memory tile (row r at dst + r * kRow), transformed by Op. delta' is 0
+// outside the tensor (so padded tokens leave the state unchanged); bias holds the block's delta_bias (or zeros).
+template <typename T, int kItems, int kCpb, int Op>
+__device__ __forceinline__ void store_tile(float* dst, T const (&v)[kItems], int64_t const* stride, int row0,
+    int rows_total, int t0, int length, float const* bias, int softplus_on) {
+    TileWalk<kItems, kCpb> const walk(token_fast(stride));
+    float* base = dst + walk.base_slot();
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+        float x = to_float(v[k]);
+        if (Op == kDelta) {
+            int const r = walk.row + walk.row_step(k);
+            if (row0 + r < rows_total && t0 + walk.tok + walk.tok_step(k) < length) {
+                x += bias[r];
+                if (softplus_on) x = softplus(x);
+            } else {
+                x = 0.0f;
+            }
+        } else if (Op == kSilu) {
+            x = silu(x);
+        }
+        base[walk.slot(k)] = x;
+    }
+}
+
+// One chunk's raw inputs for this thread (kItems each of u, delta, z, B, C).
+template <typename T, int kItems>
+struct ChunkRegs {
+    T u[kItems], dt[kItems], z[kItems], b[kItems], c[kItems];
+};
+
+template <typename T, int kItems, int kCpb>
+__device__ __forceinline__ void load_chunk(ChunkRegs<T, kItems>& regs, ScanParams const& p, int b, int c0, int t0) {
+    load_tile<T, kItems, kCpb>(regs.u, static_cast<T const*>(p.u), p.u_stride, b, c0, p.dim, t0, p.length);
+    load_tile<T, kItems, kCpb>(regs.dt, static_cast<T const*>(p.delta), p.delta_stride, b, c0, p.dim, t0, p.length);
+    if (p.z != nullptr) load_tile<T, kItems, kCpb>(regs.z, static_cast<T const*>(p.z), p.z_stride, b, c0, p.dim, t0, p.length);
+    load_tile<T, kItems, kCpb>(regs.b, static_cast<T const*>(p.B), p.B_stride, b, 0, p.n_state, t0, p.length);
+    load_tile<T, kItems, kCpb>(regs.c, static_cast<T const*>(p.C), p.C_stride, b, 0, p.n_state, t0, p.length);
+}
+
+// Steps (1) to (3) of the header for states n0 .. n0 + S - 1 of this lane's channel: S independent chains at once.
+template <int kItems, int S>
+__device__ __forceinline__ void scan_states(int n0, float const (&dt)[kItems], float const (&du)[kItems],
+    float (&acc)[kItems], float dt_sum, float const* a_row, float const* s_b, float const* s_c, int col0,
+    float const* carry_in, float* carry_out, int lane) {
+    constexpr int kRow = ChunkShape<kItems>::kRow;
+    float decay[S][kItems], drive[S][kItems], prod[S], h_local[S];
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+        float const a = a_row[n0 + s];
+        float const* b_row = s_b + (n0 + s) * kRow + col0;
+        h_local[s] = 0.0f;  // this lane's kItems steps as one: h -> prod * h + h_local
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+            decay[s][i] = fast_exp2(dt[i] * a);
+            drive[s][i] = du[i] * b_row[i];
+            h_local[s] = fmaf(decay[s][i], h_local[s], drive[s][i]);
+        }
+        prod[s] = fast_exp2(dt_sum * a);
+    }
+    // inclusive scan of the lanes' steps across the half-warp (earlier lanes first)
+#pragma unroll
+    for (int offset = 1; offset < kLanes; offset *= 2) {
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+            float const prod_up = __shfl_up_sync(0xffffffffu, prod[s], offset, kLanes);
+            float const h_up = __shfl_up_sync(0xffffffffu, h_local[s], offset, kLanes);
+            if (lane >= offset) {
+                h_local[s] = fmaf(prod[s], h_up, h_local[s]);
+                prod[s] *= prod_up;
+            }
+        }
+    }
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+        float const carry = carry_in[n0 + s];
+        // the state after this lane's last token; the next lane starts from it, lane 0 from the carry
+        float h = __shfl_up_sync(0xffffffffu, fmaf(prod[s], carry, h_local[s]), 1, kLanes);
+        if (lane == 0) h = carry;
+        float const* c_row = s_c + (n0 + s) * kRow + col0;
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+            h = fmaf(decay[s][i], h, drive[s][i]);
+            acc[i] = fmaf(h, c_row[i], acc[i]);
+        }
+        if (lane == kLanes - 1) carry_out[n0 + s] = h;  // the state at the chunk's last token
+    }
+}
+
+// Shared memory (floats): u, delta', y, [silu(z)] tiles of cpb rows; B and C tiles of N rows rounded up to a
+// multiple of cpb; A * log2(e) (cpb, N); the carry (2, cpb, N); delta_bias (cpb).
+inline size_t scan_smem_bytes(int cpb, int n_state, int items, bool has_z) {
+    size_t const row = size_t(kLanes) * items + kLanes + 1;
+    size_t const bc_rows = size_t((n_state + cpb - 1) / cpb) * cpb;
+    return sizeof(float) * ((3 + (has_z ? 1 : 0)) * cpb * row + 2 * bc_rows * row + size_t(3) * cpb * n_state + cpb);
+}
+
+template <typename T, int kItems, int kCpb, bool kPrefetch, int kMinWarps>
+__global__ void __launch_bounds__(kCpb * kLanes, kMinWarps * 32 / (kCpb * kLanes)) selective_scan_fwd_kernel(ScanParams p) {
+    using Shape = ChunkShape<kItems>;
+    constexpr int kRow = Shape::kRow;
+    constexpr int kChunk = Shape::kChunk;
     extern __shared__ float smem[];
     int const n_state = p.n_state;
-    float* s_u = smem;                              // (cpb, kRowC): u, then y
-    float* s_dt = s_u + cpb * kRowC;                // (cpb, kRowC): delta'
-    float* s_z = s_dt + cpb * kRowC;                // (cpb, kRowC): silu(z)
-    float* s_b = s_z + cpb * kRowC;                 // (N, kRowBC)
-    float* s_c = s_b + n_state * kRowBC;            // (N, kRowBC)
-    float* s_a = s_c + n_state * kRowBC;            // (cpb, N): A * log2(e)
-    float* s_carry = s_a + cpb * n_state;           // (2, cpb, N): state entering the chunk, double-buffered
+    int const bc_parts = (n_state + kCpb - 1) / kCpb;
+    bool const has_z = p.z != nullptr;
+    float* s_u = smem;                              // (kCpb, kRow): u
+    float* s_dt = s_u + kCpb * kRow;                // (kCpb, kRow): delta'
+    float* s_y = s_dt + kCpb * kRow;                // (kCpb, kRow): y
+    float* s_b = s_y + kCpb * kRow;                 // (bc_parts * kCpb, kRow)
+    float* s_c = s_b + bc_parts * kCpb * kRow;      // (bc_parts * kCpb, kRow)
+    float* s_a = s_c + bc_parts * kCpb * kRow;      // (kCpb, N): A * log2(e)
+    float* s_carry = s_a + kCpb * n_state;          // (2, kCpb, N): state entering the chunk, double-buffered
+    float* s_bias = s_carry + 2 * kCpb * n_state;   // (kCpb): delta_bias
+    float* s_z = s_bias + kCpb;                     // (kCpb, kRow): silu(z), when z is given
 
-    int const n_cblocks = (p.dim + cpb - 1) / cpb;
+    int const n_cblocks = (p.dim + kCpb - 1) / kCpb;
     int const b = blockIdx.x / n_cblocks;
-    int const c0 = (blockIdx.x - b * n_cblocks) * cpb;
+    int const c0 = (blockIdx.x - b * n_cblocks) * kCpb;
     int const local_c = threadIdx.x / kLanes;       // this half-warp's channel within the block
     int const lane = threadIdx.x % kLanes;          // j: owns tokens lane*kItems .. + kItems - 1 of each chunk
     int const channel = c0 + local_c;
-    bool const channel_ok = channel < p.dim;
 
-    for (int idx = threadIdx.x; idx < cpb * n_state; idx += blockDim.x) {
+    for (int idx = threadIdx.x; idx < kCpb * n_state; idx += blockDim.x) {
         int const c = idx / n_state, n = idx - c * n_state;
         s_a[idx] = (c0 + c < p.dim) ? p.A[(c0 + c) * p.A_stride[0] + n * p.A_stride[1]] * 1.4426950408889634f : 0.0f;
         s_carry[idx] = 0.0f;
     }
-    float const d_skip = (p.D != nullptr && channel_ok) ? p.D[channel] : 0.0f;
-    T const* u = static_cast<T const*>(p.u);
-    T const* delta = static_cast<T const*>(p.delta);
-    T const* Bm = static_cast<T const*>(p.B);
-    T const* Cm = static_cast<T const*>(p.C);
-    T const* z = static_cast<T const*>(p.z);
-    T* y = static_cast<T*>(p.y);
-    int const rows = min(cpb, p.dim - c0);
-    int const n_chunks = (p.length + kChunk - 1) / kChunk;
+    if (threadIdx.x < kCpb) {
+        s_bias[threadIdx.x] = (p.delta_bias != nullptr && c0 + int(threadIdx.x) < p.dim) ? p.delta_bias[c0 + threadIdx.x] : 0.0f;
+    }
+    float const d_skip = (p.D != nullptr && channel < p.dim) ? p.D[channel] : 0.0f;
+    __syncthreads();
 
+    int const n_chunks = (p.length + kChunk - 1) / kChunk;
+    ChunkRegs<T, kItems> regs;
+    if (kPrefetch) load_chunk<T, kItems, kCpb>(regs, p, b, c0, 0);
+#pragma unroll 1
     for (int k = 0; k < n_chunks; ++k) {
         int const t0 = k * kChunk;
-        stage_tile<T, kPlain>(s_u, kRowC, u, p.u_stride, b, c0, rows, p.dim, t0, p.length, nullptr, 0);
-        stage_tile<T, kDelta>(s_dt, kRowC, delta, p.delta_stride, b, c0, rows, p.dim, t0, p.length, p.delta_bias,
-            p.delta_softplus);
-        if (z != nullptr) stage_tile<T, kSilu>(s_z, kRowC, z, p.z_stride, b, c0, rows, p.dim, t0, p.length, nullptr, 0);
-        stage_tile<T, kPlain>(s_b, kRowBC, Bm, p.B_stride, b, 0, n_state, n_state, t0, p.length, nullptr, 0);
-        stage_tile<T, kPlain>(s_c, kRowBC, Cm, p.C_stride, b, 0, n_state, n_state, t0, p.length, nullptr, 0);
+        if (!kPrefetch) load_chunk<T, kItems, kCpb>(regs, p, b, c0, t0);
+        store_tile<T, kItems, kCpb, kPlain>(s_u, regs.u, p.u_stride, c0, p.dim, t0, p.length, nullptr, 0);
+        store_tile<T, kItems, kCpb, kDelta>(s_dt, regs.dt, p.delta_stride, c0, p.dim, t0, p.length, s_bias, p.delta_softplus);
+        if (has_z) store_tile<T, kItems, kCpb, kSilu>(s_z, regs.z, p.z_stride, c0, p.dim, t0, p.length, nullptr, 0);
+        store_tile<T, kItems, kCpb, kPlain>(s_b, regs.b, p.B_stride, 0, n_state, t0, p.length, nullptr, 0);
+        store_tile<T, kItems, kCpb, kPlain>(s_c, regs.c, p.C_stride, 0, n_state, t0, p.length, nullptr, 0);
+#pragma unroll 1
+        for (int part = 1; part < bc_parts; ++part) {  // N > kCpb: the other states of B and C
+            int const row0 = part * kCpb;
+            load_tile<T, kItems, kCpb>(regs.b, static_cast<T const*>(p.B), p.B_stride, b, row0, n_state, t0, p.length);
+            load_tile<T, kItems, kCpb>(regs.c, static_cast<T const*>(p.C), p.C_stride, b, row0, n_state, t0, p.length);
+            store_tile<T, kItems, kCpb, kPlain>(s_b + row0 * kRow, regs.b, p.B_stride, row0, n_state, t0, p.length, nullptr, 0);
+            store_tile<T, kItems, kCpb, kPlain>(s_c + row0 * kRow, regs.c, p.C_stride, row0, n_state, t0, p.length, nullptr, 0);
+        }
         __syncthreads();
+        if (kPrefetch && k + 1 < n_chunks) load_chunk<T, kItems, kCpb>(regs, p, b, c0, t0 + kChunk);
 
         float dt[kItems], du[kItems], acc[kItems];
+        float dt_sum = 0.0f;
         int const col0 = lane * (kItems + 1);       // column(lane * kItems)
-        float const* row_u = s_u + local_c * kRowC + col0;
-        float const* row_dt = s_dt + local_c * kRowC + col0;
+        float const* row_u = s_u + local_c * kRow + col0;
+        float const* row_dt = s_dt + local_c * kRow + col0;
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
             dt[i] = row_dt[i];
             du[i] = dt[i] * row_u[i];
             acc[i] = 0.0f;
+            dt_sum += dt[i];
         }
-        float const* carry_in = s_carry + (k & 1) * cpb * n_state + local_c * n_state;
-        float* carry_out = s_carry + ((k + 1) & 1) * cpb * n_state + local_c * n_state;
+        float const* carry_in = s_carry + (k & 1) * kCpb * n_state + local_c * n_state;
+        float* carry_out = s_carry + ((k + 1) & 1) * kCpb * n_state + local_c * n_state;
         float const* a_row = s_a + local_c * n_state;
-
+        int n = 0;
 #pragma unroll 1
-        for (int n = 0; n < n_state; ++n) {
-            float const a = a_row[n];
-            float const* b_row = s_b + n * kRowBC + col0;
-            float const* c_row = s_c + n * kRowBC + col0;
-            float decay[kItems], drive[kItems];
-            float prod = 1.0f, h_local = 0.0f;  // this lane's kItems steps as one: h -> prod * h + h_local
-#pragma unroll
-            for (int i = 0; i < kItems; ++i) {
-                decay[i] = fast_exp2(dt[i] * a);
-                drive[i] = du[i] * b_row[i];
-                h_local = fmaf(decay[i], h_local, drive[i]);
-                prod *= decay[i];
-            }
-            // inclusive scan of the lanes' steps across the half-warp (earlier lanes first)
-#pragma unroll
-            for (int offset = 1; offset < kLanes; offset *= 2) {
-                float const prod_up = __shfl_up_sync(0xffffffffu, prod, offset, kLanes);
-                float const h_up = __shfl_up_sync(0xffffffffu, h_local, offset, kLanes);
-                if (lane >= offset) {
-                    h_local = fmaf(prod, h_up, h_local);
-                    prod *= prod_up;
-                }
-            }
-            float prod_before = __shfl_up_sync(0xffffffffu, prod, 1, kLanes);
-            float h_before = __shfl_up_sync(0xffffffffu, h_local, 1, kLanes);
-            if (lane == 0) {
-                prod_before = 1.0f;
-                h_before = 0.0f;
-            }
-            float h = fmaf(prod_before, carry_in[n], h_before);  // the state entering this lane's first token
-#pragma unroll
-            for (int i = 0; i < kItems; ++i) {
-                h = fmaf(decay[i], h, drive[i]);
-                acc[i] = fmaf(h, c_row[i], acc[i]);
-            }
-            if (lane == kLanes - 1) carry_out[n] = h;  // the state at the chunk's last token
+        for (; n + 2 <= n_state; n += 2) {
+            scan_states<kItems, 2>(n, dt, du, acc, dt_sum, a_row, s_b, s_c, col0, carry_in, carry_out, lane);
         }
+        if (n < n_state) scan_states<kItems, 1>(n, dt, du, acc, dt_sum, a_row, s_b, s_c, col0, carry_in, carry_out, lane);
 
-        float* row_y = s_u + local_c * kRowC + col0;
-        float const* row_z = s_z + local_c * kRowC + col0;
+        float* row_y = s_y + local_c * kRow + col0;
+        float const* row_z = s_z + local_c * kRow + col0;
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
-            float v = fmaf(d_skip, row_y[i], acc[i]);
-            if (z != nullptr) v *= row_z[i];
+            float v = fmaf(d_skip, row_u[i], acc[i]);
+            if (has_z) v *= row_z[i];
             row_y[i] = v;
         }
         __syncthreads();
-        // store y (rows of s_u) with the same coalesced walk as the loads
-        int const n_out = rows * kChunk;
-        bool const token_fast = p.y_stride[2] == 1 || p.y_stride[1] != 1;
-        T* y_base = y + b * p.y_stride[0];
-        for (int idx = threadIdx.x; idx < n_out; idx += blockDim.x) {
-            int r, t;
-            if (token_fast) {
-                r = idx / kChunk;
-                t = idx - r * kChunk;
-            } else {
-                t = idx / rows;
-                r = idx - t * rows;
-            }
-            int const tok = t0 + t;
-            if (tok < p.length) from_float(s_u[r * kRowC + column(t)], y_base + (c0 + r) * p.y_stride[1] + tok * p.y_stride[2]);
+        // y (the rows of s_y) with the same coalesced walk as the loads; the next chunk's staging does not touch s_y
+        TileWalk<kItems, kCpb> const walk(token_fast(p.y_stride));
+        int64_t const s1 = opaque(p.y_stride[1]), s2 = opaque(p.y_stride[2]);
+        int const row = c0 + walk.row, tok = t0 + walk.tok;
+        T* y_base = static_cast<T*>(p.y) + b * p.y_stride[0] + row * s1 + tok * s2;
+        float const* y_tile = s_y + walk.base_slot();
+#pragma unroll
+        for (int kk = 0; kk < kItems; ++kk) {
+            int const dr = walk.row_step(kk), dtk = walk.tok_step(kk);
+            if (row + dr < p.dim && tok + dtk < p.length) from_float(y_tile[walk.slot(kk)], y_base + dr * s1 + dtk * s2);
         }
-        __syncthreads();
     }
-    (void)channel_ok;
 }
 
-// Shared memory (bytes) of one block of `cpb` channels.
-inline size_t scan_smem_bytes(int cpb, int n_state) {
-    return sizeof(float) * (size_t(3) * cpb * kRowC + size_t(2) * n_state * kRowBC + size_t(3) * cpb * n_state);
+// Launches one kernel variant: kCpb channels per block (a power of two, 2 .. kMaxChannelsPerBlock), kItems tokens
+// per lane, with or without prefetching the next chunk.
+template <typename T, int kItems, int kCpb, bool kPrefetch, int kMinWarps>
+inline cudaError_t launch_scan_variant(ScanParams const& p, cudaStream_t stream) {
+    size_t const smem = scan_smem_bytes(kCpb, p.n_state, kItems, p.z != nullptr);
+    int device = 0, smem_optin = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err != cudaSuccess) return err;
+    if (smem > size_t(smem_optin)) return cudaErrorInvalidValue;  // n_state too large for this GPU's shared memory
+    int64_t const blocks = int64_t(p.batch) * ((p.dim + kCpb - 1) / kCpb);
+    if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
+    auto kernel = selective_scan_fwd_kernel<T, kItems, kCpb, kPrefetch, kMinWarps>;
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err != cudaSuccess) return err;
+    kernel<<<unsigned(blocks), kCpb * kLanes, smem, stream>>>(p);
+    return cudaGetLastError();
+}
+
+inline bool valid_params(ScanParams const& p) {
+    return p.batch >= 1 && p.dim >= 1 && p.length >= 1 && p.n_state >= 1 && p.u != nullptr && p.delta != nullptr &&
+           p.A != nullptr && p.B != nullptr && p.C != nullptr && p.y != nullptr &&
+           (p.dtype == kScanFloat32 || p.dtype == kScanFloat16);
+}
+
+template <typename T>
+inline cudaError_t launch_for_dtype(ScanParams const& p, cudaStream_t stream, bool few_blocks, size_t smem_optin) {
+    bool const has_z = p.z != nullptr;
+    // Few blocks (one per SM or fewer: small batches): the chunks' sequence is the critical path, so the longest
+    // chunks (16 tokens a lane) and no occupancy target. Many blocks: 8 tokens a lane with 16 warps per SM resident,
+    // the fastest measured (benchmarks/scan_native_*.json). Smaller blocks only when N's tiles do not fit otherwise.
+    if (few_blocks && scan_smem_bytes(16, p.n_state, 16, has_z) <= smem_optin) {
+        return launch_scan_variant<T, 16, 16, false, 8>(p, stream);
+    }
+    if (scan_smem_bytes(16, p.n_state, 8, has_z) <= smem_optin) return launch_scan_variant<T, 8, 16, false, 16>(p, stream);
+    return launch_scan_variant<T, 8, 4, false, 16>(p, stream);
 }
 
 // Launches the scan on `stream`. Returns cudaSuccess, cudaErrorInvalidValue for bad parameters (or an n_state whose
 // tiles do not fit this GPU's shared memory), or the launch's error.
 inline cudaError_t launch_selective_scan(ScanParams const& p, cudaStream_t stream) {
-    if (p.batch < 1 || p.dim < 1 || p.length < 1 || p.n_state < 1 || p.u == nullptr || p.delta == nullptr ||
-        p.A == nullptr || p.B == nullptr || p.C == nullptr || p.y == nullptr ||
-        (p.dtype != kScanFloat32 && p.dtype != kScanFloat16)) {
-        return cudaErrorInvalidValue;
-    }
+    if (!valid_params(p)) return cudaErrorInvalidValue;
     int device = 0, sms = 0, smem_optin = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (err != cudaSuccess) return err;
-    // Channels per block: the choice that needs the fewest waves of resident blocks; among equals the most channels
-    // (fewer B/C stagings per channel, less staging per thread).
-    int cpb = 0;
-    int64_t best_waves = 0;
-    for (int c = kMaxChannelsPerBlock; c >= 2; c /= 2) {
-        size_t const bytes = scan_smem_bytes(c, p.n_state);
-        if (bytes > size_t(smem_optin)) continue;
-        int per_sm = 0;
-        void const* fn = p.dtype == kScanFloat32 ? (void const*)selective_scan_fwd_kernel<float>
-                                                 : (void const*)selective_scan_fwd_kernel<__half>;
-        err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-        if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, c * kLanes, bytes);
-        if (err != cudaSuccess) return err;
-        if (per_sm < 1) continue;
-        int64_t const n_blocks = int64_t(p.batch) * ((p.dim + c - 1) / c);
-        int64_t const waves = (n_blocks + int64_t(per_sm) * sms - 1) / (int64_t(per_sm) * sms);
-        if (cpb == 0 || waves < best_waves) {
-            cpb = c;
-            best_waves = waves;
-        }
-    }
-    if (cpb == 0) return cudaErrorInvalidValue;  // n_state too large for this GPU's shared memory
-    size_t const smem = scan_smem_bytes(cpb, p.n_state);
-    if (smem > size_t(smem_optin)) return cudaErrorInvalidValue;
-    int64_t const blocks = int64_t(p.batch) * ((p.dim + cpb - 1) / cpb);
-    if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
-    if (p.dtype == kScanFloat32) {
-        err = cudaFuncSetAttribute(selective_scan_fwd_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-        if (err != cudaSuccess) return err;
-        selective_scan_fwd_kernel<float><<<unsigned(blocks), cpb * kLanes, smem, stream>>>(p, cpb);
-    } else {
-        err = cudaFuncSetAttribute(selective_scan_fwd_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-        if (err != cudaSuccess) return err;
-        selective_scan_fwd_kernel<__half><<<unsigned(blocks), cpb * kLanes, smem, stream>>>(p, cpb);
-    }
-    return cudaGetLastError();
+    bool const few_blocks = int64_t(p.batch) * ((p.dim + 15) / 16) <= int64_t(sms);
+    if (p.dtype == kScanFloat32) return launch_for_dtype<float>(p, stream, few_blocks, size_t(smem_optin));
+    return launch_for_dtype<__half>(p, stream, few_blocks, size_t(smem_optin));
 }
 
 }  // namespace mambaesr
