@@ -170,7 +170,7 @@ def test_the_wrong_profile_for_the_board_and_an_unknown_board(tmp_path, monkeypa
     system = make_jetson(tmp_path, monkeypatch)
     wrong = run_doctor(DoctorOptions(device="xavier-nx", out_dir=tmp_path / "out", pipeline=False), system)
     check = wrong.check("profile")
-    assert check.status == FAIL and "this board is a orin-nano, not a xavier-nx" in check.detail and "--device orin-nano" in check.fix
+    assert check.status == FAIL and "this board matches profile orin-nano, not xavier-nx" in check.detail and "--device orin-nano" in check.fix
     assert "compute capability 8.7, profile expects 7.2" in check.detail
     thor = make_jetson(tmp_path / "thor", monkeypatch, board="NVIDIA Jetson AGX Thor Developer Kit")
     unknown = run_doctor(DoctorOptions(out_dir=tmp_path / "out2", pipeline=False), thor)

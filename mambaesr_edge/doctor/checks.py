@@ -249,7 +249,7 @@ def check_profile(choice: ProfileChoice, facts: Facts) -> Check:
                      f"(shipped: {', '.join(list_profiles())})", **data)
     problems, fixes = [], []
     if choice.source != "detected" and facts.is_jetson and choice.detected != p.name:
-        problems.append(f"this board is a {choice.detected}, not a {p.name}")
+        problems.append(f"this board matches profile {choice.detected}, not {p.name}")
         fixes.append(f"use --device {choice.detected}")
     sm = facts.compute_capability or (jetson.sm_for_board(facts.board) if facts.is_jetson else "")
     if p.compute_capability and sm and sm != p.compute_capability:
