@@ -24,6 +24,7 @@ Steps, in order (a step that needs what an earlier one could not give is skipped
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,7 +169,11 @@ def plugin_step(facts: Facts, profile: DeviceProfile, system: System) -> tuple[C
                   library=str(library), cached=False, seconds=round(seconds, 1)), library  # fmt: skip
 
 
-def engine_step(facts: Facts, profile: DeviceProfile, bundle: Bundle | None, out_dir: Path) -> tuple[Check, bool]:
+def engine_step(
+    facts: Facts, profile: DeviceProfile, bundle: Bundle | None, out_dir: Path, library: Path | None = None
+) -> tuple[Check, bool]:
+    """Build (or confirm) the bundle's engine: from its scan-plugin graph with ``library`` (the plugin step's build,
+    copied into the bundle where build_plugin.sh would put it), else from the pure-op graph, saying so."""
     blocker = engine_blocker(facts, profile)
     if blocker:
         return _check("engine", SKIP, blocker), False
@@ -180,14 +185,18 @@ def engine_step(facts: Facts, profile: DeviceProfile, bundle: Bundle | None, out
     problems = bundle_engine_problems(bundle, EngineEnvironment(facts.gpu_name, facts.compute_capability, trt.__version__))
     if not problems:
         return _check("engine", PASS, f"{bundle.engine_path} is up to date (TensorRT {trt.__version__}, {facts.gpu_name})"), True
-    settings = trt_support.engine_settings(profile, bundle)
+    use_plugin = bundle.onnx_trt is not None and bundle.plugin is not None and library is not None
+    if use_plugin:
+        shutil.copyfile(library, bundle.root / bundle.plugin.library)
+    settings = trt_support.engine_settings(profile, bundle, plugin=use_plugin)
+    graph = "the scan-plugin graph" if use_plugin else "the pure-op graph" + (" (no plugin library built here)" if bundle.onnx_trt else "")
     start = time.perf_counter()
     trt_support.build_engine(bundle.root, settings, trt=trt, timing_cache=out_dir / f"timing-{profile.name}.cache")
     manifest = trt_support.engine_manifest(bundle, settings, trt_version=trt.__version__, gpu_name=facts.gpu_name,
                                            compute_capability=facts.compute_capability)  # fmt: skip
     write_engine_manifest(bundle.engine_manifest_path, manifest)
     seconds = time.perf_counter() - start
-    return _check("engine", PASS, f"built {bundle.engine_path} with TensorRT {trt.__version__} in {seconds:.0f} s ({problems[0]})",
+    return _check("engine", PASS, f"built {bundle.engine_path} from {graph} with TensorRT {trt.__version__} in {seconds:.0f} s ({problems[0]})",
                   seconds=round(seconds, 1), reason=problems[0]), True  # fmt: skip
 
 
@@ -309,9 +318,9 @@ def pipeline_checks(facts: Facts, settings: PipelineSettings, system: System,
     note("export")
     export, bundle = _guarded("export", export_step, facts, settings)
     note("plugin")
-    plugin, _library = _guarded("plugin", plugin_step, facts, profile, system)
+    plugin, library = _guarded("plugin", plugin_step, facts, profile, system)
     note("engine")
-    engine, engine_ok = _guarded("engine", engine_step, facts, profile, bundle, settings.out_dir)
+    engine, engine_ok = _guarded("engine", engine_step, facts, profile, bundle, settings.out_dir, library)
     note("parity-onnx")
     parity_onnx, ort_out = _guarded("parity-onnx", onnx_parity_step, facts, bundle)
     note("parity-engine")
