@@ -235,7 +235,7 @@ def open_bench_backend(backend: str | None, *, model: Path | None, bundle: Path 
         raise BenchError("the tensorrt backend needs an engine: pass --bundle DIR (with model.engine) or --model X.engine",
                          hint="mambaesr-edge export --device PROFILE, then mambaesr-edge build-engine BUNDLE on the device")
     if source.is_weights and (name == "onnxruntime" or random_init):
-        net, description = _network(model, preset, scan)
+        net, description = _network(source.path, preset, scan)  # a model name: its weights file
         if name == "onnxruntime":
             onnx_path = export_onnx_for_bench(net, workdir / "model.onnx", tile_hw, batch)
             opened = open_backend(onnx_path, "onnxruntime", device=run_on or "cpu", threads=threads)

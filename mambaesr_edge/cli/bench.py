@@ -22,7 +22,10 @@ def bench_command(
     backend: Optional[str] = typer.Option(
         None, "--backend", help="torch, numpy, onnxruntime or tensorrt (default: what upscale --device PROFILE runs)."
     ),
-    model: Optional[Path] = typer.Option(None, "--model", help="Weights (.safetensors/.pth), .onnx or .engine."),
+    model: Optional[Path] = typer.Option(
+        None, "--model", "-m", "--model-name", "--model_name",
+        help="Model: a name (`mambaesr-edge models`), weights (.safetensors/.pth), .onnx or .engine (-n is --samples here).",
+    ),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="An export bundle folder."),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset of --model; without --model: a random-init network of it."),
     tile: Optional[int] = typer.Option(None, "--tile", help=f"LR tile side (default: the profile's, at most {DEFAULT_TILE_CAP})."),

@@ -12,6 +12,7 @@ from .app import app, console, global_options, set_torch_threads, titled_table
 from .options import (
     CudaOpt,
     GpuIdOpt,
+    ModelOpt,
     PresetOpt,
     ScanOpt,
     ThreadsOpt,
@@ -27,7 +28,7 @@ def eval_command(
     datasets: Optional[list[Path]] = typer.Argument(None, help="Folders NAME/ holding HR/ (+ LR_bicubic/X<scale>/), e.g. Set5/ Set14/."),
     dataset: list[Path] = typer.Option([], "--dataset", help="A dataset folder, as the arguments (repeatable)."),
     weights: Optional[Path] = WeightsOpt,
-    model_path: Optional[Path] = typer.Option(None, "--model", "-m", help="Model: weights, .onnx, .engine or an export bundle folder."),
+    model_path: Optional[Path] = ModelOpt,
     preset: Optional[str] = PresetOpt,
     backend: Optional[str] = typer.Option(None, "--backend", "-b", help="torch, onnxruntime or tensorrt (default: from the model path)."),
     scale: int = typer.Option(4, "--scale", help="Upscaling factor of the LR inputs."),

@@ -18,6 +18,10 @@ def export_command(
     ctx: typer.Context,
     device: str = typer.Option(..., "--device", "-d", help="Device profile: a name (mambaesr-edge profiles) or a .toml file."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weights (.safetensors, .pth). Default: the shipped model."),
+    model: Optional[Path] = typer.Option(
+        None, "--model", "-m", "--model-name", "--model_name", "-n",
+        help="Model to export: a name (`mambaesr-edge models`; -n is Real-ESRGAN's spelling) or weights, as --weights.",
+    ),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset the weights were trained with (default: from the file)."),
     param_key: Optional[str] = typer.Option(None, "--param-key", help="Entry of a BasicSR .pth (params_ema or params)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder to write (default: bundle-<device>)."),
@@ -33,21 +37,29 @@ def export_command(
 ) -> None:
     """Export ONNX (+ fp16 variant) for a device, prove it against PyTorch, model its cost, and build or script the engine."""
     from ..checkpoint import load_model
+    from ..errors import ConfigError
     from ..export.parity import ParityError
     from ..export.writer import ExportOptions, export_bundle
     from ..profiles import load_profile
+    from ..runtime.source import classify
 
+    if weights is not None and model is not None:
+        raise ConfigError("give --model or --weights, not both", hint="--model takes weights files too")
+    source = classify(model or weights)  # a model name -> its shipped weights
+    if not source.is_weights:
+        raise ConfigError(f"export takes weights, not {source.label}", hint="pass a model name or a .safetensors/.pth file")
     profile = load_profile(device)
-    model, loaded = load_model(weights, preset, scan_impl="chunked", param_key=param_key)
+    network, loaded = load_model(source.path, preset, scan_impl="chunked", param_key=param_key)
     out_dir = out or Path(f"bundle-{profile.name}")
     options = ExportOptions(
         profile=profile, tile=tile, batch=batch, fp16=fp16, dynamic_hw=dynamic, max_size=max_size,
         simplify=simplify, force=force, build_engine=not no_engine, plugin=not no_plugin,
     )  # fmt: skip
-    global_options(ctx).note(f"exporting {weights or 'the default model'} for {profile.name} ({profile.description})")
+    global_options(ctx).note(f"exporting {source.label if source.path is not None else 'the default model'} for {profile.name} "
+                             f"({profile.description})")
     existed = out_dir.is_dir() and any(out_dir.iterdir())
     try:
-        result = export_bundle(model, loaded.sha256, out_dir, options)
+        result = export_bundle(network, loaded.sha256, out_dir, options)
     except KeyboardInterrupt:
         from ..errors import Interrupted
 

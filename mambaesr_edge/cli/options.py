@@ -12,6 +12,9 @@ from ..presets import (
 )
 
 WeightsOpt = typer.Option(None, "--weights", "-w", help="Weights (.safetensors, .pth). Default: the shipped model.")
+MODEL_HELP = ("Model: a name (`mambaesr-edge models`; -n is Real-ESRGAN's spelling), weights (.safetensors/.pth), .onnx, "
+              ".engine or an export bundle folder. Default: the shipped default model.")
+ModelOpt = typer.Option(None, "--model", "-m", "--model-name", "--model_name", "-n", help=MODEL_HELP)
 PresetOpt = typer.Option(None, "--preset", "-p", help="Preset the weights were trained with (default: from the file).")
 ScanOpt = typer.Option("auto", "--scan", help=f"Selective-scan implementation: {', '.join(SCAN_IMPLS)}.")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for inference (same as before the subcommand).")

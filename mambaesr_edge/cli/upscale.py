@@ -13,6 +13,7 @@ from .app import GlobalOptions, app, console, global_options, set_torch_threads
 from .options import (
     CudaOpt,
     GpuIdOpt,
+    ModelOpt,
     PresetOpt,
     ScanOpt,
     ThreadsOpt,
@@ -34,7 +35,7 @@ def upscale_command(
         ..., "--output", "-o", help="Output file (format from its suffix) or folder (an existing one, or NAME/: created)."
     ),
     weights: Optional[Path] = WeightsOpt,
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model: weights, .onnx, .engine or an export bundle folder."),
+    model: Optional[Path] = ModelOpt,
     preset: Optional[str] = PresetOpt,
     scan: str = ScanOpt,
     backend: Optional[str] = typer.Option(

@@ -4,6 +4,7 @@
 ``classify(path)`` sorts a model path once into a ``ModelSource`` (the suffix table lives here and nowhere else):
 
     None                          DEFAULT   the shipped default weights
+    a model name (models.py)      WEIGHTS   that shipped model's weights (a name that is not an existing path)
     .safetensors / .pth / .pt     WEIGHTS
     .onnx                         ONNX
     .engine / .plan / .trt        ENGINE    (its manifest beside it: NAME.json)
@@ -38,7 +39,9 @@ from pathlib import Path
 
 from ..bundle import BUILD_SCRIPT_FILE, Bundle, is_bundle, read_bundle
 from ..errors import BackendError
+from ..models import get_model, looks_like_name
 from ..profiles import RUNTIMES, DeviceProfile
+from ..resources import model_weights_path
 
 __all__ = [
     "BACKEND_ALIASES",
@@ -90,9 +93,12 @@ class ModelSource:
     kind: SourceKind
     path: Path | None = None  # None: the shipped default weights
     bundle: Bundle | None = None  # read and validated, for BUNDLE
+    name: str | None = None  # the registered model name it was given as (models.py), if any
 
     @property
     def label(self) -> str:
+        if self.name is not None:
+            return f"model {self.name}"
         return str(self.path) if self.path is not None else "the shipped default model"
 
     @property
@@ -117,12 +123,17 @@ def normalise_backend(name: str) -> str:
 
 
 def classify(model: str | Path | None) -> ModelSource:
-    """Sort a model path by what it is (no file is opened but a bundle's bundle.json)."""
+    """Sort a model path by what it is (no file is opened but a bundle's bundle.json). A model name (models.py) that
+    is not an existing path means that shipped model's weights; an unknown or untrained name is an error listing
+    the names."""
     if model is None:
         return ModelSource(SourceKind.DEFAULT)
     path = Path(model)
     if is_bundle(path):
         return ModelSource(SourceKind.BUNDLE, path, read_bundle(path))
+    if looks_like_name(str(model)) and not path.exists():
+        name = get_model(str(model)).name  # UnknownModelError with the names for an unknown one
+        return ModelSource(SourceKind.WEIGHTS, model_weights_path(name), name=name)
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is not None:
         return ModelSource(kind, path)
