@@ -1,9 +1,12 @@
 """Training data: HR folders -> cached (HR, LR) pairs -> random paired patches with flips and rotations.
 
 LR images are made once with the MATLAB-exact bicubic (metrics.bicubic_downscale_uint8) and cached in one .npz per
-folder set. Patches are drawn by `sample_patches`, a pure function of (seed, step, rank): a resumed run draws exactly
-the batches it would have drawn, and each DDP rank draws its own. The images live on the training device, so drawing
-a batch costs a few small indexing ops and no loader process.
+folder set. ``split_validation`` holds N images out of training for checkpoint selection (the validation split:
+the N files whose sha256(file name) sorts first; it depends on the file names and N only, never on the machine,
+the image sizes or the seed), and ``load_validation_pairs`` gives them as (HR, LR) pairs scored like a benchmark.
+Patches are drawn by `sample_patches`, a pure function of (seed, step, rank): a resumed run draws exactly the
+batches it would have drawn, and each DDP rank draws its own. The images live on the training device, so drawing a
+batch costs a few small indexing ops and no loader process.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import IMAGE_SUFFIXES
+from .datasets import IMAGE_SUFFIXES, ImagePair
 from .errors import DatasetError, ImageError
 from .fileio import atomic_write
 from .images import load_image
@@ -55,6 +58,54 @@ def list_hr_files(folders: list[Path]) -> list[Path]:
     return files
 
 
+@dataclass(frozen=True)
+class ValidationSplit:
+    """Training files split in two: ``train`` (in their listed order) and the held-out ``val`` (by file name)."""
+
+    train: tuple[Path, ...]
+    val: tuple[Path, ...]
+
+    RULE = "the N files whose sha256(file name, UTF-8) hex digest sorts first (ties: by full path) are held out of training"
+
+
+def split_key(path: Path) -> str:
+    """The sort key of the validation split: sha256 of the file name (not the folder: the same on every machine)."""
+    return hashlib.sha256(path.name.encode("utf-8")).hexdigest()
+
+
+def split_validation(files: list[Path], count: int) -> ValidationSplit:
+    """Hold ``count`` of ``files`` out of training (ValidationSplit.RULE); ``count`` 0: nothing held out."""
+    if count < 0 or (count and count >= len(files)):
+        raise DatasetError(f"cannot hold {count} of {len(files)} training images out for validation",
+                           hint=f"pass --val-from-train between 1 and {len(files) - 1} (0: no validation split)")
+    held = sorted(files, key=lambda p: (split_key(p), str(p)))[:count]
+    chosen = set(held)
+    return ValidationSplit(tuple(f for f in files if f not in chosen), tuple(sorted(held, key=lambda p: (p.name, str(p)))))
+
+
+def load_validation_pairs(files: tuple[Path, ...], scale: int) -> tuple[list[ImagePair], list[str]]:
+    """(pairs, names left out) for the held-out files: HR cropped to a multiple of ``scale``, LR by MATLAB bicubic
+    (as the benchmark sets' LR files). Unreadable images and ones too small to score after the border crop of
+    ``scale`` pixels (a side of at most 4 x scale) are left out with a warning; none left is a DatasetError."""
+    pairs, left_out = [], []
+    for path in files:
+        try:
+            hr = load_image(path)
+        except ImageError as exc:
+            log.warning("validation image %s cannot be read and is left out: %s", path.name, exc.message)
+            left_out.append(path.name)
+            continue
+        hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
+        if min(hr.shape[:2]) <= 4 * scale:
+            log.warning("validation image %s (%dx%d) is too small to score and is left out", path.name, hr.shape[1], hr.shape[0])
+            left_out.append(path.name)
+            continue
+        pairs.append(ImagePair(path.stem, hr, bicubic_downscale_uint8(hr, scale)))
+    if not pairs:
+        raise DatasetError(f"none of the {len(files)} validation images can be scored", hint="hold out more images (--val-from-train N)")
+    return pairs, left_out
+
+
 def _cache_key(files: list[Path], scale: int, patch: int) -> str:
     digest = hashlib.sha256(f"x{scale}|p{patch}".encode())
     for path in files:
@@ -63,9 +114,11 @@ def _cache_key(files: list[Path], scale: int, patch: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_train_images(folders: list[Path], scale: int, patch: int, cache_dir: Path | None) -> TrainImages:
-    """Read every HR image (cropped to a multiple of scale), make LR by MATLAB bicubic; cache the pairs once."""
-    files = list_hr_files(folders)
+def load_train_images(folders: list[Path], scale: int, patch: int, cache_dir: Path | None, *, files: list[Path] | None = None) -> TrainImages:
+    """Read every HR image (cropped to a multiple of scale), make LR by MATLAB bicubic; cache the pairs once.
+
+    ``files``: these files of the folders instead of all of them (the training side of a validation split)."""
+    files = list(files) if files is not None else list_hr_files(folders)
     cache = Path(cache_dir) / f"train_pairs_{_cache_key(files, scale, patch)}.npz" if cache_dir else None
     first_error = ""
     if cache is not None and cache.is_file():

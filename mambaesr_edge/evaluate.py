@@ -7,7 +7,7 @@ whole image or tiled), training hands it ``super_resolve`` on its model (``evalu
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .bundle import Bundle
-from .datasets import load_pairs
+from .datasets import ImagePair, load_pairs
 from .errors import ConfigError
 from .metrics import psnr, ssim
 from .model import MambaSR
@@ -92,16 +92,23 @@ def evaluate_upscaler(
         raise ConfigError(
             f"the model upscales x{model_scale} but --scale is {scale}", hint=f"pass --scale {model_scale} or x{scale} weights"
         )
+    return evaluate_pairs(upscale, load_pairs(dataset_dir, scale), name=Path(dataset_dir).resolve().name, scale=scale, rgb_psnr=rgb_psnr)
+
+
+def evaluate_pairs(
+    upscale: Callable[[np.ndarray], np.ndarray], pairs: Iterable[ImagePair], *, name: str, scale: int, rgb_psnr: bool = False
+) -> DatasetResult:
+    """The scoring loop of ``evaluate_upscaler`` on (HR, LR) pairs already in memory (training's validation split)."""
     per_image: dict[str, dict[str, float]] = {}
     start = time.perf_counter()
-    for pair in load_pairs(dataset_dir, scale):
+    for pair in pairs:
         sr = upscale(pair.lr)
         per_image[pair.name] = {"psnr": psnr(sr, pair.hr, crop_border=scale), "ssim": ssim(sr, pair.hr, crop_border=scale)}
         if rgb_psnr:
             per_image[pair.name]["psnr_rgb"] = psnr(sr, pair.hr, crop_border=scale, y_channel=False)
     seconds = time.perf_counter() - start
     return DatasetResult(
-        name=Path(dataset_dir).resolve().name,
+        name=name,
         psnr=float(np.mean([v["psnr"] for v in per_image.values()])),
         ssim=float(np.mean([v["ssim"] for v in per_image.values()])),
         seconds=seconds,

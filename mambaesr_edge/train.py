@@ -3,7 +3,9 @@
     loss = alpha * L1(student, teacher) + (1 - alpha) * L1(student, GT)        (alpha = 0 without a teacher)
 
 Adam, cosine (or multistep) learning rate as a pure function of the step, bf16 autocast on CUDA, EMA weights,
-periodic validation PSNR, atomic checkpoints (safetensors with the model config + optimizer state) with exact
+periodic validation PSNR, the best checkpoint by the PSNR of a validation split held out of the training images
+(``val_from_train``: the run's result is then ``model_best.safetensors``, else ``model_ema.safetensors``; eval.json
+says which), atomic checkpoints (safetensors with the model config + optimizer state) with exact
 resume: batches are a pure function of (seed, step, rank) and the learning rate of the step, so a resumed run
 continues exactly, also after Ctrl-C or a kill (the last complete checkpoint is always intact; see
 `_save_checkpoint`). Multi-GPU: `torchrun --nproc_per_node N -m mambaesr_edge.cli train ...` runs the same code with
@@ -32,9 +34,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .checkpoint import load_model
-from .data import load_train_images, sample_patches
+from .data import ValidationSplit, list_hr_files, load_train_images, load_validation_pairs, sample_patches, split_validation
 from .errors import ConfigError, MambaESRError
-from .evaluate import evaluate_dataset
+from .evaluate import evaluate_dataset, evaluate_pairs, super_resolve
 from .fileio import TEMP_MARKER, atomic_write, space_problem
 from .model import MambaSR, count_parameters
 from .presets import ModelConfig, get_preset
@@ -48,7 +50,8 @@ class TrainConfig:
     scale: int = 4
     dt_rank: int | None = None  # replaces the preset's dt rank (the seed paper's rank study: 2 vs 30)
     train_dirs: tuple[str, ...] = ()
-    val_dir: str | None = None
+    val_dir: str | None = None  # a benchmark folder scored at each validation (reported only: never selects a checkpoint)
+    val_from_train: int = 0  # hold this many training images out (data.split_validation); selects model_best by their PSNR
     teacher: str | None = None  # weights file of the teacher (config read from the file or inferred)
     teacher_preset: str | None = None
     alpha: float = 0.8  # weight of the distillation term when a teacher is given
@@ -82,6 +85,8 @@ class TrainConfig:
             raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}", hint="e.g. --alpha 0.8")
         if self.schedule not in ("cosine", "multistep"):
             raise ConfigError(f"unknown schedule {self.schedule!r}", hint="use cosine or multistep")
+        if self.val_from_train < 0:
+            raise ConfigError(f"val_from_train must be >= 0, got {self.val_from_train}", hint="e.g. --val-from-train 20")
         if self.iterations < 1 or self.batch_size < 1 or self.patch < 4:
             raise ConfigError("iterations, batch size must be >= 1 and patch >= 4", hint="check the training flags")
 
@@ -117,6 +122,12 @@ def git_state() -> dict[str, object]:
 def _write_json(path: Path, obj: object) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str))
+
+
+BEST_WEIGHTS = "model_best.safetensors"  # the EMA weights of the best validation-split PSNR so far
+FINAL_WEIGHTS = "model_ema.safetensors"  # the EMA weights at the last step
+SPLIT_NAME = "val_split"  # the validation split's name in metrics.jsonl (val_split_psnr) and eval.json
+SPLIT_PSNR_KEY = "mambaesr_edge.val_split_psnr"  # metadata of model_best.safetensors
 
 
 class CheckpointWriteError(MambaESRError):
@@ -292,7 +303,11 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
             raise ConfigError(f"teacher {cfg.teacher} is x{teacher.scale}, student x{cfg.scale}",
                               hint=f"distil from a teacher trained for x{cfg.scale}, the student's scale")
     # before any run folder is made: bad data (missing, empty, all unreadable or too small) fails at once
-    images = load_train_images([Path(d) for d in cfg.train_dirs], cfg.scale, cfg.patch, Path(cfg.cache_dir) if cfg.cache_dir else None).to(device)
+    folders = [Path(d) for d in cfg.train_dirs]
+    split = split_validation(list_hr_files(folders), cfg.val_from_train)
+    val_pairs, val_left_out = load_validation_pairs(split.val, cfg.scale) if split.val else ([], [])
+    images = load_train_images(folders, cfg.scale, cfg.patch, Path(cfg.cache_dir) if cfg.cache_dir else None,
+                               files=list(split.train)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
 
     if resume is not None:
@@ -314,6 +329,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
             "train": dataclasses.asdict(cfg), "model": json.loads(model.config.to_json()), "params": count_parameters(model),
             "git": git_state(), "world_size": world, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
             "torch": torch.__version__, "amp": amp, "resumed_from_step": start_step,
+            "validation_split": _split_record(split, val_left_out),
         })
 
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cuda else None) if world > 1 else model
@@ -322,6 +338,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     power = _power_logger(device) if rank == 0 else None
     log_file = (run_dir / "metrics.jsonl").open("a") if rank == 0 else None
     start_time, window_start, samples_seen = time.perf_counter(), time.perf_counter(), 0
+    best_psnr = _best_so_far(run_dir) if rank == 0 and val_pairs else None
     step = start_step
     while step < cfg.iterations:
         if cfg.max_minutes is not None and time.perf_counter() - start_time > 60 * cfg.max_minutes:
@@ -352,7 +369,8 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
         step += 1
         samples_seen += cfg.batch_size
 
-        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.iterations):
+        validate = bool(cfg.val_dir or val_pairs) and (step % cfg.val_every == 0 or step == cfg.iterations)
+        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.iterations or validate):
             now = time.perf_counter()
             row = {"step": step, "loss": loss.item(), "loss_gt": loss_gt.item(), "lr": lr_now, "elapsed_s": now - start_time,
                    "samples_per_s": samples_seen / (now - window_start)}
@@ -361,9 +379,16 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
             if power is not None:
                 row.update(power())
             window_start, samples_seen = now, 0
-            if step % cfg.val_every == 0 and cfg.val_dir:
+            if validate and cfg.val_dir:
                 result = evaluate_dataset(ema, cfg.val_dir, scale=cfg.scale)
                 row.update(val_psnr=result.psnr, val_ssim=result.ssim)
+            if validate and val_pairs:
+                result = _score_split(ema, val_pairs, cfg.scale)
+                row.update(val_split_psnr=result.psnr, val_split_ssim=result.ssim)
+                if best_psnr is None or result.psnr > best_psnr:
+                    best_psnr = result.psnr
+                    _write_weights(run_dir, BEST_WEIGHTS, ema, {"mambaesr_edge.step": str(step), SPLIT_PSNR_KEY: repr(result.psnr)})
+                    row["best"] = True
             log_file.write(json.dumps(row) + "\n")
             log_file.flush()
             log.info("step %d %s", step, {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})
@@ -372,16 +397,45 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     if rank == 0:
         log_file.close()
         _save_checkpoint(run_dir, model, ema, optimizer, step, cfg)
-        try:
-            with atomic_write(run_dir / "model_ema.safetensors") as tmp:
-                _write_bytes(tmp, _weights_bytes(ema, {"mambaesr_edge.step": str(step)}))
-        except OSError as exc:
-            raise _write_error(exc, "the final weights model_ema.safetensors", run_dir) from exc
-        _finish_run(run_dir, ema, cfg)
+        _write_weights(run_dir, FINAL_WEIGHTS, ema, {"mambaesr_edge.step": str(step)})
+        _finish_run(run_dir, ema, cfg, val_pairs)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return run_dir
+
+
+def _write_weights(run_dir: Path, name: str, model: MambaSR, meta: dict[str, str]) -> None:
+    try:
+        with atomic_write(run_dir / name) as tmp:
+            _write_bytes(tmp, _weights_bytes(model, meta))
+    except OSError as exc:
+        raise _write_error(exc, f"the weights {name}", run_dir) from exc
+
+
+def _split_record(split: ValidationSplit, left_out: list[str]) -> dict[str, object]:
+    """What config.json says about the validation split: the rule, N, and which images."""
+    return {"count": len(split.val), "rule": ValidationSplit.RULE, "images": [p.name for p in split.val],
+            "left_out_unscorable": left_out, "selects": BEST_WEIGHTS if split.val else None}
+
+
+def _score_split(model: MambaSR, pairs, scale: int):
+    was_training = model.training
+    result = evaluate_pairs(lambda lr: super_resolve(model.eval(), lr), pairs, name=SPLIT_NAME, scale=scale)
+    model.train(was_training)
+    return result
+
+
+def _best_so_far(run_dir: Path) -> float | None:
+    """The validation-split PSNR stored with the run's model_best.safetensors (a resumed run), None when there is none."""
+    path = run_dir / BEST_WEIGHTS
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        value = (handle.metadata() or {}).get(SPLIT_PSNR_KEY)
+    return float(value) if value is not None else None
 
 
 def _power_logger(device: torch.device):
@@ -410,11 +464,25 @@ def _power_logger(device: torch.device):
     return window
 
 
-def _finish_run(run_dir: Path, ema: MambaSR, cfg: TrainConfig) -> None:
-    """Final eval table (validation set) and plots of loss and validation PSNR."""
-    if cfg.val_dir:
-        result = evaluate_dataset(ema, cfg.val_dir, scale=cfg.scale)
-        _write_json(run_dir / "eval.json", {"datasets": {result.name: result.to_dict()}, "params": count_parameters(ema)})
+def _finish_run(run_dir: Path, ema: MambaSR, cfg: TrainConfig, val_pairs) -> None:
+    """eval.json (the run's result weights on the validation split and --val-dir) and plots of loss and validation PSNR.
+
+    The result is model_best.safetensors when a validation split was held out (selected by its PSNR), else the
+    final EMA weights (model_ema.safetensors)."""
+    result_name, model = FINAL_WEIGHTS, ema
+    if val_pairs and (run_dir / BEST_WEIGHTS).is_file():
+        result_name = BEST_WEIGHTS
+        model = load_model(run_dir / BEST_WEIGHTS, scan_impl=cfg.scan_impl)[0].to(next(ema.parameters()).device)
+    if cfg.val_dir or val_pairs:
+        results = [_score_split(model, val_pairs, cfg.scale)] if val_pairs else []
+        if cfg.val_dir:
+            results.append(evaluate_dataset(model, cfg.val_dir, scale=cfg.scale))
+        step = _weights_step(run_dir / result_name)
+        _write_json(run_dir / "eval.json", {
+            "result": result_name, "result_step": step, "selected_by": f"{SPLIT_NAME} PSNR" if result_name == BEST_WEIGHTS else "last step",
+            "datasets": {r.name: r.to_dict() for r in results}, "params": count_parameters(model),
+        })
+        log.info("run result: %s (step %s)", run_dir / result_name, step)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     try:
         import matplotlib
@@ -424,12 +492,12 @@ def _finish_run(run_dir: Path, ema: MambaSR, cfg: TrainConfig) -> None:
     except ImportError:
         log.warning("matplotlib is not installed: no plots in %s", run_dir)
         return
-    for key, name in (("loss", "loss.png"), ("val_psnr", "val_psnr.png")):
+    for key, name in (("loss", "loss.png"), ("val_psnr", "val_psnr.png"), ("val_split_psnr", "val_split_psnr.png")):
         points = [(r["step"], r[key]) for r in rows if key in r]
         if not points:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(*zip(*points, strict=True), marker="." if key == "val_psnr" else None)
+        ax.plot(*zip(*points, strict=True), marker="." if key != "loss" else None)
         ax.set_xlabel("step")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
@@ -437,3 +505,11 @@ def _finish_run(run_dir: Path, ema: MambaSR, cfg: TrainConfig) -> None:
         with atomic_write(run_dir / name) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
+
+
+def _weights_step(path: Path) -> int | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        step = (handle.metadata() or {}).get("mambaesr_edge.step")
+    return int(step) if step is not None else None

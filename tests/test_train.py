@@ -159,3 +159,64 @@ def test_ddp_two_gloo_processes(hr_folder, tmp_path):
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     assert (run / "model_ema.safetensors").is_file()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_validation_split_is_a_pure_function_of_names_and_count(tmp_path):
+    from mambaesr_edge.data import split_key, split_validation
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    files = [a / f"img{i}.png" for i in range(10)]
+    split = split_validation(files, 3)
+    assert len(split.val) == 3 and len(split.train) == 7 and not set(split.val) & set(split.train)
+    assert [f.name for f in split.val] == sorted(f.name for f in sorted(files, key=split_key)[:3])
+    moved = split_validation([b / f.name for f in reversed(files)], 3)  # another folder, another order: same images
+    assert [f.name for f in moved.val] == [f.name for f in split.val]
+    assert set(split.val) < set(split_validation(files, 4).val)  # one more held out keeps the first ones
+    assert split_validation(files, 0).train == tuple(files)
+    with pytest.raises(DatasetError, match="cannot hold 10 of 10"):
+        split_validation(files, 10)
+
+
+def test_training_holds_the_split_out_and_keeps_the_best_checkpoint(hr_folder, tmp_path, monkeypatch):
+    import mambaesr_edge.train as train_module
+    from mambaesr_edge.data import split_validation
+    from mambaesr_edge.evaluate import DatasetResult
+
+    held = {p.name for p in split_validation(sorted(hr_folder.iterdir()), 2).val}
+    seen = {}
+    real_load = train_module.load_train_images
+
+    def spy(*args, **kwargs):
+        seen["files"] = {p.name for p in kwargs["files"]}
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "load_train_images", spy)
+    scores = iter([20.0, 25.0, 22.0, 25.0])  # PSNR at steps 2, 4 (best), 6, then the result; rebound below
+    real_score = train_module._score_split
+
+    def scripted(model, pairs, scale):
+        result = real_score(model, pairs, scale)
+        return DatasetResult(result.name, next(scores), result.ssim, result.seconds, result.per_image)
+
+    monkeypatch.setattr(train_module, "_score_split", scripted)
+    run = train(_cfg(hr_folder, tmp_path, run_name="split", val_from_train=2, val_every=2, log_every=3))
+    assert seen["files"].isdisjoint(held) and len(seen["files"]) == 5  # 7 files, 2 held out
+    config = json.loads((run / "config.json").read_text())
+    assert set(config["validation_split"]["images"]) == held and config["validation_split"]["count"] == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("val_split_psnr")) for r in rows] == [(2, 20.0), (3, None), (4, 25.0), (6, 22.0)]
+    best, _ = load_model(run / "model_best.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(run / "model_best.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["mambaesr_edge.step"] == "4"
+    report = json.loads((run / "eval.json").read_text())
+    assert report["result"] == "model_best.safetensors" and report["result_step"] == 4
+    assert report["datasets"]["val_split"]["images"] == len(held) - len(config["validation_split"]["left_out_unscorable"])
+    final, _ = load_model(run / "model_ema.safetensors")
+    assert any(not torch.equal(p, q) for p, q in zip(best.state_dict().values(), final.state_dict().values(), strict=True))
+    # resumed, the run remembers its best (read from model_best.safetensors): worse scores do not replace it
+    scores = iter([10.0, 10.0, 30.0])  # steps 8, 10 (worse), then the result's score
+    resumed = train(load_train_config(run, iterations=10), resume=run)
+    with safe_open(str(resumed / "model_best.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["mambaesr_edge.step"] == "4"

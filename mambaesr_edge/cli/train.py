@@ -21,7 +21,11 @@ def train_command(
     train_dir: list[Path] = typer.Option([], "--train-dir", help="Folder of HR training images (repeatable)."),
     preset: str = typer.Option("student", "--preset", "-p", help="Preset of the network to train (not with --init)."),
     dt_rank: Optional[int] = typer.Option(None, "--dt-rank", help="Replace the preset's dt projection rank (e.g. 2 or 30)."),
-    val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Validation set NAME/ with HR/ (e.g. Set5)."),
+    val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="A benchmark NAME/ with HR/ scored at each validation (reported, never selects)."),
+    val_from_train: int = typer.Option(
+        0, "--val-from-train",
+        help="Hold N training images out (those whose sha256(file name) sorts first) and keep model_best.safetensors by their PSNR.",
+    ),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher weights for knowledge distillation."),
     teacher_preset: Optional[str] = typer.Option(None, "--teacher-preset", help="Teacher preset (default: from the file)."),
     alpha: float = typer.Option(0.8, "--alpha", help="KD weight: alpha*L1(student,teacher) + (1-alpha)*L1(student,GT)."),
@@ -59,6 +63,7 @@ def train_command(
     else:
         cfg = TrainConfig(
             preset=preset, dt_rank=dt_rank, train_dirs=tuple(str(d) for d in train_dir), val_dir=str(val_dir) if val_dir else None,
+            val_from_train=val_from_train,
             teacher=str(teacher) if teacher else None, teacher_preset=teacher_preset, alpha=alpha if teacher else 0.0,
             iterations=iterations or 10_000, batch_size=batch_size, patch=patch, lr=lr, schedule=schedule, warmup=warmup,
             milestones=tuple(milestones), val_every=val_every, ckpt_every=ckpt_every, log_every=log_every, seed=seed,
@@ -77,5 +82,9 @@ def train_command(
     console.print(f"run folder: {run_dir}", highlight=False, markup=False)
     eval_file = run_dir / "eval.json"
     if eval_file.is_file():
-        for name, result in json.loads(eval_file.read_text())["datasets"].items():
+        report = json.loads(eval_file.read_text())
+        if "result" in report:
+            console.print(f"result: {run_dir / report['result']} (step {report['result_step']}, {report['selected_by']})",
+                          highlight=False, markup=False)
+        for name, result in report["datasets"].items():
             console.print(f"{name}: PSNR {result['psnr']:.3f} dB, SSIM {result['ssim']:.4f}", highlight=False, markup=False)
