@@ -2,8 +2,8 @@
 
 LR images are made once with the MATLAB-exact bicubic (metrics.bicubic_downscale_uint8) and cached in one .npz per
 folder set. ``split_validation`` holds N images out of training for checkpoint selection (the validation split:
-the N files whose sha256(file name) sorts first; it depends on the file names and N only, never on the machine,
-the image sizes or the seed), and ``load_validation_pairs`` gives them as (HR, LR) pairs scored like a benchmark.
+the N files whose sha256(file stem) sorts first; it depends on the file stems and N only, never on the folders, the
+suffixes, the machine, the image sizes or the seed), and ``load_validation_pairs`` gives them as (HR, LR) pairs scored like a benchmark.
 Patches are drawn by `sample_patches`, a pure function of (seed, step, rank): a resumed run draws exactly the
 batches it would have drawn, and each DDP rank draws its own. The images live on the training device, so drawing a
 batch costs a few small indexing ops and no loader process.
@@ -65,12 +65,13 @@ class ValidationSplit:
     train: tuple[Path, ...]
     val: tuple[Path, ...]
 
-    RULE = "the N files whose sha256(file name, UTF-8) hex digest sorts first (ties: by full path) are held out of training"
+    RULE = "the N files whose sha256(file stem, UTF-8) hex digest sorts first (ties: by full path) are held out of training"
 
 
 def split_key(path: Path) -> str:
-    """The sort key of the validation split: sha256 of the file name (not the folder: the same on every machine)."""
-    return hashlib.sha256(path.name.encode("utf-8")).hexdigest()
+    """The sort key of the validation split: sha256 of the file stem (not the folder, not the suffix: the same on every
+    machine, and for images repacked losslessly under another suffix, as tools/pack_training_images.py does)."""
+    return hashlib.sha256(path.stem.encode("utf-8")).hexdigest()
 
 
 def split_validation(files: list[Path], count: int) -> ValidationSplit:

@@ -169,8 +169,8 @@ def test_validation_split_is_a_pure_function_of_names_and_count(tmp_path):
     split = split_validation(files, 3)
     assert len(split.val) == 3 and len(split.train) == 7 and not set(split.val) & set(split.train)
     assert [f.name for f in split.val] == sorted(f.name for f in sorted(files, key=split_key)[:3])
-    moved = split_validation([b / f.name for f in reversed(files)], 3)  # another folder, another order: same images
-    assert [f.name for f in moved.val] == [f.name for f in split.val]
+    moved = split_validation([b / f"{f.stem}.webp" for f in reversed(files)], 3)  # another folder, order, suffix: same images
+    assert [f.stem for f in moved.val] == [f.stem for f in split.val]
     assert set(split.val) < set(split_validation(files, 4).val)  # one more held out keeps the first ones
     assert split_validation(files, 0).train == tuple(files)
     with pytest.raises(DatasetError, match="cannot hold 10 of 10"):

@@ -30,10 +30,10 @@ def models_command(
     rows = {row["name"]: row for row in report.get("rows", [])}
     caption = (f"measured: {report.get('date', '?')} on {report.get('device', '?')} ({report.get('command', '?')}); "
                f"* = default (used without --model); PSNR/SSIM: x4 Y channel, MATLAB conventions; Orin Nano ms: "
-               f"modelled (roofline, fp16 graph, 64x64 tile), not measured") if report else "no frontier measurements found"
+               f"modelled (roofline, fp16 graph, 64x64 tile), not measured; GPU ms: {_gpu(report)}") if report else "no frontier measurements found"
     table = titled_table(title="models (mambaesr-edge upscale IN -o OUT --model NAME)", caption=caption)
     columns = ("name", "status", "params", *(f"{d} PSNR/SSIM" for d in DATASETS), "fp16 drop dB", "Orin Nano ms pure-op",
-               "Orin Nano ms plugin", "H200 ms tile b16", "H200 ms 960x540", "CPU s 128x128", "Set5 target")
+               "Orin Nano ms plugin", "GPU ms tile b16", "GPU ms 960x540", "CPU s 128x128", "Set5 target")
     for column in columns:
         table.add_column(column, justify="left" if column in ("name", "status") else "right")
     for name, model in MODELS.items():
@@ -50,6 +50,12 @@ def models_command(
     for name, model in MODELS.items():
         if not model.shipped:
             console.print(f"{name}: {model.summary}; recipe: {model.recipe}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _gpu(report: dict[str, Any]) -> str:
+    """Which GPU the GPU columns were measured on, or why they are empty."""
+    devices = sorted({row["gpu_device"] for row in report.get("rows", []) if row.get("gpu_device")})
+    return ", ".join(devices) if devices else "not measured (no CUDA GPU where the frontier ran)"
 
 
 def _read_frontier(path: Path, *, explicit: bool) -> dict[str, Any]:
@@ -75,7 +81,7 @@ def _measured(row: Optional[dict[str, Any]]) -> list[str]:
         cells.append(f"{result['psnr']:.2f} / {result['ssim']:.4f}" if result else "-")
     orin = row.get("orin_nano_ms_per_tile") or {}
     for value, fmt in ((row.get("fp16_onnx_drop_db"), "{:.4f}"), (orin.get("pure_op"), "{:.2f}"), (orin.get("plugin"), "{:.3f}"),
-                       (row.get("h200_ms_per_tile_batch16"), "{:.2f}"), (row.get("h200_ms_per_frame_960x540"), "{:.1f}"),
+                       (row.get("gpu_ms_per_tile_batch16"), "{:.2f}"), (row.get("gpu_ms_per_frame_960x540"), "{:.1f}"),
                        (row.get("cpu_seconds_128"), "{:.2f}")):
         cells.append(fmt.format(value) if value is not None else "-")
     return cells

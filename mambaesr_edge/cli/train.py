@@ -24,7 +24,7 @@ def train_command(
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="A benchmark NAME/ with HR/ scored at each validation (reported, never selects)."),
     val_from_train: int = typer.Option(
         0, "--val-from-train",
-        help="Hold N training images out (those whose sha256(file name) sorts first) and keep model_best.safetensors by their PSNR.",
+        help="Hold N training images out (those whose sha256(file stem) sorts first) and keep model_best.safetensors by their PSNR.",
     ),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher weights for knowledge distillation."),
     teacher_preset: Optional[str] = typer.Option(None, "--teacher-preset", help="Teacher preset (default: from the file)."),

@@ -1,0 +1,173 @@
+"""Models by name (issue 15): the registry, names in the one resolver, --model/-n NAME on every command, `models`."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mambaesr_edge.cli import main
+from mambaesr_edge.fileio import sha256_file
+from mambaesr_edge.models import DEFAULT_MODEL, MODELS, PARAM_BUDGET, UnknownModelError, get_model, looks_like_name
+from mambaesr_edge.resources import asset_path, default_weights_path, frontier_path, model_weights_path
+from mambaesr_edge.runtime.source import SourceKind, classify
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SHA256 = "56271f5886618119e2251276343996399beae420be138872afb8147d905d00da"  # MODEL_CARD.md
+
+
+def _params_of(path: Path) -> int:
+    """Parameter count of a shipped weights file, from its tensor shapes (torch-free)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as handle:
+        return sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())
+
+
+def test_registry_is_consistent_with_the_shipped_files():
+    assert DEFAULT_MODEL in MODELS and MODELS[DEFAULT_MODEL].shipped
+    for name, model in MODELS.items():
+        assert model.name == name and looks_like_name(name)
+        if model.shipped:  # its file is in the package, its count is the file's, within the issue's budget
+            path = model_weights_path(name)
+            assert path.parent == asset_path("x").parent and _params_of(path) == model.params <= PARAM_BUDGET
+        else:  # planned: no weights file, and no stand-in (a copy of another model's file)
+            assert model.weights_file is None and model.set5_target is not None
+    shipped_files = [m.weights_file for m in MODELS.values() if m.shipped]
+    assert len(shipped_files) == len(set(shipped_files))
+    assert default_weights_path() == model_weights_path(DEFAULT_MODEL) and sha256_file(default_weights_path()) == DEFAULT_SHA256
+    assert MODELS[DEFAULT_MODEL].params == 151_368
+    assert [MODELS[n].set5_target for n in ("fast", "balanced", "quality")] == [31.25, 31.85, 32.15]
+
+
+def test_registry_and_resolver_do_not_import_torch():
+    code = ("import sys; from mambaesr_edge.runtime.source import classify; from mambaesr_edge.cli import models; "
+            "classify('dvmsr-g1'); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_classify_accepts_names_and_lists_them_for_an_unknown_one(tmp_path, monkeypatch):
+    source = classify("dvmsr-g1")
+    assert source.kind == SourceKind.WEIGHTS and source.path == default_weights_path() and source.name == "dvmsr-g1"
+    assert source.label == "model dvmsr-g1" and classify(Path("dvmsr-g1")).path == source.path
+    with pytest.raises(UnknownModelError, match="unknown model 'fastest'") as unknown:
+        classify("fastest")
+    assert "dvmsr-g1" in unknown.value.hint and "fast, balanced, quality" in unknown.value.hint
+    with pytest.raises(UnknownModelError, match="'balanced' is not trained yet"):
+        classify("balanced")
+    monkeypatch.chdir(tmp_path)  # an existing path wins over a name
+    (tmp_path / "dvmsr-g1").write_bytes(b"x")
+    with pytest.raises(Exception, match="cannot tell the backend"):
+        classify("dvmsr-g1")
+    assert classify("model.onnx").kind == SourceKind.ONNX  # suffixes as before
+    with pytest.raises(UnknownModelError):
+        get_model("nope")
+
+
+@pytest.fixture()
+def small_image(tmp_path: Path) -> Path:
+    path = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("spelling", ["-n", "--model", "-m", "--model-name"])
+def test_upscale_by_name(spelling, small_image, tmp_path, capsys):
+    out = tmp_path / f"out{spelling}.png"
+    assert main(["upscale", str(small_image), "-o", str(out), spelling, "dvmsr-g1"]) == 0, capsys.readouterr().err
+    by_name = np.asarray(Image.open(out))
+    assert main(["upscale", str(small_image), "-o", str(tmp_path / "w.png"), "--weights", str(default_weights_path())]) == 0
+    assert by_name.shape == (80, 96, 3) and np.array_equal(by_name, np.asarray(Image.open(tmp_path / "w.png")))
+
+
+def test_upscale_with_an_untrained_or_unknown_name_fails_cleanly(small_image, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    assert main(["upscale", str(small_image), "-o", str(out), "-n", "quality"]) == 2
+    err = capsys.readouterr().err
+    assert "'quality' is not trained yet" in err and "Traceback" not in err and not out.exists()
+    assert main(["upscale", str(small_image), "-o", str(out), "--model", "bogus"]) == 2
+    assert "unknown model 'bogus'" in capsys.readouterr().err
+
+
+def test_eval_by_name(tmp_path, capsys):
+    root = tmp_path / "Tiny"
+    (root / "HR").mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(root / "HR" / "a.png")
+    reports = []
+    for args in (["-n", "dvmsr-g1"], ["--weights", str(default_weights_path())]):
+        out = tmp_path / f"{args[0]}.json"
+        assert main(["eval", str(root), *args, "--json", str(out)]) == 0, capsys.readouterr().err
+        reports.append(json.loads(out.read_text()))
+    assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"] == DEFAULT_SHA256
+    assert reports[0]["datasets"]["Tiny"]["psnr"] == reports[1]["datasets"]["Tiny"]["psnr"]
+    assert reports[0]["params"] == 151_368
+
+
+def test_export_by_name(tmp_path, monkeypatch, capsys):
+    """export -n NAME loads that model's weights (the bundle writing itself is tested in test_export.py)."""
+    import mambaesr_edge.export.writer as writer
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_export_bundle(model, sha256, out_dir, options):
+        seen.update(sha256=sha256, groups=model.config.groups)
+        raise Stop
+
+    monkeypatch.setattr(writer, "export_bundle", fake_export_bundle)
+    for spelling in ("-n", "--model", "-m"):
+        with pytest.raises(Stop):
+            main(["export", "--device", "x86-cpu", spelling, "dvmsr-g1", "--out", str(tmp_path / "b")])
+        assert seen == {"sha256": DEFAULT_SHA256, "groups": 1}
+    code = main(["export", "--device", "x86-cpu", "-n", "dvmsr-g1", "-w", str(default_weights_path()), "--out", str(tmp_path / "b")])
+    assert code == 2 and "--model or --weights, not both" in capsys.readouterr().err
+    assert main(["export", "--device", "x86-cpu", "-n", "fast", "--out", str(tmp_path / "b")]) == 2
+    assert "not trained yet" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_bench_by_name(tmp_path, capsys):
+    """bench --model NAME (bench's -n stays --samples)."""
+    args = ["bench", "-n", "2", "--model", "dvmsr-g1", "--tile", "8", "--batch", "1", "--warmup", "0", "--idle-seconds", "0",
+            "--power", "none", "--out", str(tmp_path), "--name", "named"]
+    assert main(args) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "named.json").read_text())
+    assert report["meta"]["model"]["weights_sha256"] == DEFAULT_SHA256 and report["meta"]["model"]["params"] == 151_368
+
+
+def test_models_command_prints_registry_and_frontier(tmp_path, capsys):
+    frontier = {"date": "2026-01-01", "device": "test cpu", "command": "benchmarks/models.py", "rows": [
+        {"name": "dvmsr-g1", "kind": "shipped", "params": 151368, "datasets": {"Set5": {"psnr": 31.0735, "ssim": 0.8775}},
+         "fp16_onnx_drop_db": 0.0012, "orin_nano_ms_per_tile": {"pure_op": 16.3, "plugin": 0.55}, "cpu_seconds_128": 0.77,
+         "gpu_ms_per_tile_batch16": None},
+        {"name": "DVMSR", "kind": "reference", "params": 424428, "datasets": {"Set5": {"psnr": 32.181, "ssim": 0.8946}}},
+        {"name": "bicubic", "kind": "reference", "params": None, "datasets": {"Set5": {"psnr": 28.43, "ssim": 0.8111}}},
+    ]}
+    path = tmp_path / "frontier.json"
+    path.write_text(json.dumps(frontier))
+    assert main(["models", "--frontier", str(path)]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("│")}
+    assert "31.07 / 0.8775" in lines["dvmsr-g1"] and "shipped" in lines["dvmsr-g1"] and "0.77" in lines["dvmsr-g1"]
+    for name, target in (("fast", "31.25"), ("balanced", "31.85"), ("quality", "32.15")):
+        assert "not trained yet" in lines[name] and target in lines[name]
+    assert "32.18 / 0.8946" in lines["DVMSR"] and "424,428" in lines["DVMSR"] and "28.43" in lines["bicubic"]
+    assert main(["models", "--frontier", str(tmp_path / "missing.json")]) == 2
+
+
+def test_shipped_frontier_has_a_row_per_shipped_model_and_the_references():
+    report = json.loads(frontier_path().read_text())
+    names = {row["name"] for row in report["rows"]}
+    assert {n for n, m in MODELS.items() if m.shipped} | {"DVMSR", "bicubic"} <= names
+    assert {"command", "date", "device"} <= set(report)
+    for row in report["rows"]:
+        if row["kind"] == "shipped":
+            assert row["params"] == MODELS[row["name"]].params and row["weights_sha256"] == sha256_file(model_weights_path(row["name"]))
