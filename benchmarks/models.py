@@ -184,6 +184,7 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    right = 0.0
     for row in report["rows"]:
         ms = (row.get("orin_nano_ms_per_tile") or {}).get("plugin")
         set5 = row["datasets"].get("Set5")
@@ -195,11 +196,13 @@ def plot(report: dict, path: Path) -> None:
                         textcoords="offset points", xytext=(4, 4), fontsize=8, color="grey")
             continue
         params = row["params"] or 0
-        ax.scatter(ms, set5["psnr"], s=20 + params / 2500, marker="o" if row["kind"] == "shipped" else "s")
+        ax.scatter(ms, set5["psnr"], s=20 + params / 5000, marker="o" if row["kind"] == "shipped" else "s")
         ax.annotate(f"{row['name']} ({params / 1000:.0f}K)", (ms, set5["psnr"]), textcoords="offset points", xytext=(6, -3), fontsize=8)
+        right = max(right, ms)
     ax.set_xlabel("modelled Orin Nano ms per 64x64 tile (scan-plugin graph, fp16, roofline)")
     ax.set_ylabel("Set5 x4 Y-PSNR (dB)")
     ax.set_title(f"models: quality vs modelled edge latency ({report['date'][:10]})", fontsize=10)
+    ax.set_xlim(0, right * 1.35 if right else 1)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -218,7 +221,12 @@ def main() -> None:
     parser.add_argument("--cpu-rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=frontier_path())
     parser.add_argument("--png", type=Path, default=REPO / "benchmarks" / "models_frontier.png")
+    parser.add_argument("--replot", action="store_true", help="only draw the PNG from the --json file (no measurement)")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.json.read_text()), args.png)
+        print(f"wrote {args.png}")
+        return
     command = "PYTHONPATH=$PWD python3 benchmarks/models.py " + " ".join(sys.argv[1:])
     started, load_before = utc_now(), load_average()
     machine = machine_info()

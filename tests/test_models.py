@@ -171,3 +171,17 @@ def test_shipped_frontier_has_a_row_per_shipped_model_and_the_references():
     for row in report["rows"]:
         if row["kind"] == "shipped":
             assert row["params"] == MODELS[row["name"]].params and row["weights_sha256"] == sha256_file(model_weights_path(row["name"]))
+
+
+def test_each_shipped_model_keeps_its_committed_set5_psnr(benchmark_dir):
+    """Issue 15's CI check: each shipped model's Set5 PSNR to 0.01 dB of the committed frontier (numpy path: fast)."""
+    from mambaesr_edge.evaluate import evaluate_upscaler
+    from mambaesr_edge.runtime import Upscaler
+
+    rows = {row["name"]: row for row in json.loads(frontier_path().read_text())["rows"]}
+    for name, model in MODELS.items():
+        if model.shipped:
+            up = Upscaler.from_path(name, tile=0)
+            assert up.backend.info.name == "numpy"
+            result = evaluate_upscaler(up, benchmark_dir / "Set5", scale=4)
+            assert result.psnr == pytest.approx(rows[name]["datasets"]["Set5"]["psnr"], abs=0.01), name
