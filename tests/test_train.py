@@ -220,3 +220,16 @@ def test_training_holds_the_split_out_and_keeps_the_best_checkpoint(hr_folder, t
     resumed = train(load_train_config(run, iterations=10), resume=run)
     with safe_open(str(resumed / "model_best.safetensors"), framework="pt") as handle:
         assert handle.metadata()["mambaesr_edge.step"] == "4"
+
+
+def test_cli_val_from_train_names_the_result(hr_folder, tmp_path, monkeypatch, capsys):
+    from mambaesr_edge.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the training cache goes under the working folder
+    args = ["train", "--preset", "test", "--train-dir", str(hr_folder), "-n", "2", "--batch-size", "2", "--patch", "8",
+            "--val-from-train", "2", "--val-every", "1", "--scan", "chunked", "--out", str(tmp_path / "runs"), "--name", "cli"]
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert f"result: {tmp_path / 'runs' / 'cli' / 'model_best.safetensors'} (step " in out and "val_split: PSNR" in out
+    assert main([*args[:-1], "cli2", "--val-from-train", "7"]) == 2  # all 7 files held out: nothing left to train on
+    assert "cannot hold 7 of 7" in capsys.readouterr().err

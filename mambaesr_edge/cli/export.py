@@ -45,18 +45,20 @@ def export_command(
 
     if weights is not None and model is not None:
         raise ConfigError("give --model or --weights, not both", hint="--model takes weights files too")
-    source = classify(model or weights)  # a model name -> its shipped weights
-    if not source.is_weights:
-        raise ConfigError(f"export takes weights, not {source.label}", hint="pass a model name or a .safetensors/.pth file")
     profile = load_profile(device)
-    network, loaded = load_model(source.path, preset, scan_impl="chunked", param_key=param_key)
+    what = str(weights) if weights is not None else "the default model"
+    if model is not None:  # --model: a name (-> its shipped weights, via the one resolver) or a weights file
+        source = classify(model)
+        if not source.is_weights:
+            raise ConfigError(f"export takes weights, not {source.label}", hint="pass a model name or a .safetensors/.pth file")
+        weights, what = source.path, source.label
+    network, loaded = load_model(weights, preset, scan_impl="chunked", param_key=param_key)
     out_dir = out or Path(f"bundle-{profile.name}")
     options = ExportOptions(
         profile=profile, tile=tile, batch=batch, fp16=fp16, dynamic_hw=dynamic, max_size=max_size,
         simplify=simplify, force=force, build_engine=not no_engine, plugin=not no_plugin,
     )  # fmt: skip
-    global_options(ctx).note(f"exporting {source.label if source.path is not None else 'the default model'} for {profile.name} "
-                             f"({profile.description})")
+    global_options(ctx).note(f"exporting {what} for {profile.name} ({profile.description})")
     existed = out_dir.is_dir() and any(out_dir.iterdir())
     try:
         result = export_bundle(network, loaded.sha256, out_dir, options)
