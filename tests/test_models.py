@@ -173,6 +173,7 @@ def test_shipped_frontier_has_a_row_per_shipped_model_and_the_references():
             assert row["params"] == MODELS[row["name"]].params and row["weights_sha256"] == sha256_file(model_weights_path(row["name"]))
 
 
+@pytest.mark.data
 def test_each_shipped_model_keeps_its_committed_set5_psnr(benchmark_dir):
     """Issue 15's CI check: each shipped model's Set5 PSNR to 0.01 dB of the committed frontier (numpy path: fast)."""
     from mambaesr_edge.evaluate import evaluate_upscaler
