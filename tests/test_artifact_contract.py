@@ -7,20 +7,17 @@ deserialise) and a fake CUDA device stand in, as in tests/test_hostile_corpus.py
 
 from __future__ import annotations
 
-import importlib.machinery
 import json
 import logging
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_tensorrt import install_fake_orin
 
 from mambaesr_edge.bundle import (
     BUILD_SCRIPT_FILE,
     Bundle,
-    EngineEnvironment,
     OnnxFile,
     bundle_engine_problems,
     read_bundle,
@@ -33,7 +30,6 @@ from mambaesr_edge.fileio import sha256_file
 from mambaesr_edge.presets import get_preset
 from mambaesr_edge.profiles import load_profile
 from mambaesr_edge.runtime import Upscaler, open_backend
-from mambaesr_edge.runtime.backends import tensorrt as trt_backend
 from mambaesr_edge.runtime.source import SUFFIXES, SourceKind, classify, plan_backend
 
 BUILT_WITH = "10.3.0.26"
@@ -67,41 +63,7 @@ def build_engine(bundle: Bundle, trt_version: str = BUILT_WITH, gpu: str = "Orin
 @pytest.fixture
 def fake_orin(monkeypatch):
     """TensorRT 10.3.0.30 on an Orin: the runtime's check runs for real, deserialising cannot (no engine exists)."""
-    fake = types.ModuleType("tensorrt")
-    fake.__version__ = "10.3.0.30"
-    fake.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, level):
-            pass
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            return None  # reached only when the manifest check passed
-
-    fake.Logger, fake.Runtime = Logger, Runtime
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-
-    class FakeCuda:
-        def __init__(self, device_index: int = 0) -> None:
-            pass
-
-        def device_properties(self) -> tuple[str, str]:
-            return "Orin", "8.7"
-
-        def push(self) -> None:
-            pass
-
-        def pop(self) -> None:
-            pass
-
-    monkeypatch.setattr(trt_backend, "CudaRuntime", FakeCuda)
-    return EngineEnvironment("Orin", "8.7", fake.__version__)
+    return install_fake_orin(monkeypatch, "10.3.0.30")
 
 
 # ------------------------------------------------------------------------------------------------ bundle.json

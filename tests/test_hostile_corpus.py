@@ -10,10 +10,8 @@ unusual input must write exactly the one expected output, of the expected size a
 from __future__ import annotations
 
 import hashlib
-import importlib.machinery
 import subprocess
 import sys
-import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from pathlib import Path
 import hostile_corpus as hc
 import pytest
 import torch
+from fake_tensorrt import install_fake_orin
 from PIL import Image
 
 from mambaesr_edge import fileio
@@ -29,7 +28,6 @@ from mambaesr_edge.checkpoint import save_weights
 from mambaesr_edge.cli import main
 from mambaesr_edge.model import MambaSR
 from mambaesr_edge.presets import get_preset
-from mambaesr_edge.runtime.backends import tensorrt as trt_backend
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,19 +87,7 @@ def refuse_writes(ctx: Ctx, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def fake_orin_with_tensorrt(ctx: Ctx, monkeypatch: pytest.MonkeyPatch) -> None:
     """TensorRT 10.3 on an Orin (neither exists here): what the engine's manifest is checked against."""
-    fake = types.ModuleType("tensorrt")
-    fake.__version__ = "10.3.0"
-    fake.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-
-    class FakeCuda:
-        def __init__(self, device_index: int = 0) -> None:
-            pass
-
-        def device_properties(self) -> tuple[str, str]:
-            return "Orin", "8.7"
-
-    monkeypatch.setattr(trt_backend, "CudaRuntime", FakeCuda)
+    install_fake_orin(monkeypatch, "10.3.0")
 
 
 def existing_output(ctx: Ctx, monkeypatch: pytest.MonkeyPatch) -> None:
