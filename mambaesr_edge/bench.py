@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .bundle import ONNX_FILE
 from .errors import MambaESRError
 from .power import NullSampler, PowerSampler, Sample
 from .runtime.backends.base import Backend
@@ -237,7 +238,7 @@ def open_bench_backend(backend: str | None, *, model: Path | None, bundle: Path 
     if source.is_weights and (name == "onnxruntime" or random_init):
         net, description = _network(source.path, preset, scan)  # a model name: its weights file
         if name == "onnxruntime":
-            onnx_path = export_onnx_for_bench(net, workdir / "model.onnx", tile_hw, batch)
+            onnx_path = export_onnx_for_bench(net, workdir / ONNX_FILE, tile_hw, batch)
             opened = open_backend(onnx_path, "onnxruntime", device=run_on or "cpu", threads=threads)
             return opened, {**description, "scan": "chunked", "onnx": f"exported for this run at {tile_hw[0]}x{tile_hw[1]}, "
                                                                   f"batch {batch}, opset 17"}

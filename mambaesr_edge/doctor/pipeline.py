@@ -33,7 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import PARITY_FILE, Bundle, EngineEnvironment, bundle_engine_problems, read_bundle, write_engine_manifest
+from ..bundle import (
+    PARITY_FILE,
+    Bundle,
+    EngineEnvironment,
+    bundle_engine_problems,
+    is_bundle,
+    read_bundle,
+    write_engine_manifest,
+)
 from ..errors import BundleError, MambaESRError
 from ..profiles import DeviceProfile
 from .checks import FAIL, PASS, SKIP, Check
@@ -95,7 +103,7 @@ def _default_weights_sha() -> str:
 
 
 def _reusable(folder: Path, profile: str, tile: int, weights_sha: str) -> Bundle | None:
-    if not (folder / "bundle.json").is_file():
+    if not is_bundle(folder):
         return None
     try:
         bundle = read_bundle(folder)
