@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import importlib.machinery
 import json
-import os
 import sys
 import types
 from pathlib import Path
 
 import pytest
-from test_power import FAKE_TEGRASTATS, tegrastats_fixture
-from test_power_samplers import SYNTHETIC_LINES
+from test_power_samplers import install_fake_tegrastats
 
 from mambaesr_edge import gpu
 from mambaesr_edge.cli import main
@@ -64,15 +62,7 @@ def make_jetson(tmp_path: Path, monkeypatch, *, l4t="# R36 (release), REVISION: 
     _tool(bin_dir, "jetson_clocks", f"cat <<'EOF'\n{JETSON_CLOCKS_OFF}\nEOF")
     trt_deb = f"{tensorrt}-1+cuda12.5"
     _tool(bin_dir, "dpkg-query", f'case "$3" in nvidia-jetpack) printf "{jetpack}";; tensorrt) printf "{trt_deb}";; *) exit 1;; esac')
-    tegrastats = bin_dir / "tegrastats"
-    tegrastats.write_text(f"#!{sys.executable}\nimport runpy\nrunpy.run_path({str(FAKE_TEGRASTATS)!r}, run_name='__main__')\n")
-    tegrastats.chmod(0o755)
-    lines = tegrastats_fixture()
-    if lines is None:
-        lines = tmp_path / "lines.txt"
-        lines.write_text(SYNTHETIC_LINES)
-    monkeypatch.setenv("FAKE_TEGRASTATS_LINES", str(lines))
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    install_fake_tegrastats(bin_dir, tmp_path, monkeypatch)  # also puts bin_dir first on PATH
     monkeypatch.setenv(DOCTOR_ROOT_ENV, str(root))
     _fake_tensorrt(monkeypatch, tensorrt)
     if gpu_answers:

@@ -7,6 +7,7 @@ import sys
 import time
 import types
 from itertools import pairwise
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -32,11 +33,10 @@ SYNTHETIC_LINES = """\
 """
 
 
-@pytest.fixture
-def fake_tegrastats(tmp_path, monkeypatch):
-    """Put a `tegrastats` that replays the real fixture lines (or three synthetic ones) first on PATH."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+def install_fake_tegrastats(bin_dir: Path, tmp_path: Path, monkeypatch) -> Path:
+    """Put a `tegrastats` into ``bin_dir`` that replays the real fixture lines (or three synthetic ones), and put
+    ``bin_dir`` first on PATH. Returns the file of lines it replays. Shared with the doctor's tests."""
+    bin_dir.mkdir(exist_ok=True)
     script = bin_dir / "tegrastats"
     script.write_text(f"#!{sys.executable}\nimport runpy\nrunpy.run_path({str(FAKE_TEGRASTATS)!r}, run_name='__main__')\n")
     script.chmod(0o755)
@@ -46,6 +46,13 @@ def fake_tegrastats(tmp_path, monkeypatch):
         lines.write_text(SYNTHETIC_LINES)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setenv("FAKE_TEGRASTATS_LINES", str(lines))
+    return lines
+
+
+@pytest.fixture
+def fake_tegrastats(tmp_path, monkeypatch):
+    """Put a `tegrastats` that replays the real fixture lines (or three synthetic ones) first on PATH."""
+    lines = install_fake_tegrastats(tmp_path / "bin", tmp_path, monkeypatch)
     return [line for _, line in _load_fake_tegrastats().read_records(lines)]
 
 
