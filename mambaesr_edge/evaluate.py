@@ -19,7 +19,8 @@ from .datasets import ImagePair, load_pairs
 from .errors import ConfigError
 from .metrics import psnr, ssim
 from .model import MambaSR
-from .runtime.backends import Backend, open_backend
+from .runtime.backends import Backend
+from .runtime.backends.select import open_planned, plan_for
 from .runtime.source import classify
 
 
@@ -40,8 +41,9 @@ def open_eval_backend(
     source = classify(model)
     if backend is None and source.is_weights:
         backend = "torch"
-    opened = open_backend(model, backend, device=device, precision=precision, preset=preset, scan_impl=scan_impl,
-                          param_key=param_key)  # fmt: skip
+    plan = plan_for(source, backend, device=device, precision=precision, preset=preset, scan_impl=scan_impl,
+                    param_key=param_key, profile=None)  # fmt: skip
+    opened = open_planned(source, plan, preset=preset, scan_impl=scan_impl, param_key=param_key)
     return opened, source.bundle
 
 

@@ -36,9 +36,9 @@ def check_backend(backend: Optional[str]) -> Optional[str]:
     An unknown name is a BackendError ("unknown backend 'foo'" + the names there are): exit 2."""
     if backend is None:
         return None
-    from ..runtime.backends import resolve_backend_name
+    from ..runtime.source import normalise_backend
 
-    return resolve_backend_name(None, backend)
+    return normalise_backend(backend)
 
 
 def use_gpu(cuda: bool, gpu_id: Optional[int]) -> bool:

@@ -123,8 +123,6 @@ class Upscaler:
         source = classify(model)
         plan = plan_for(source, backend, device=device, precision=precision, preset=preset, scan_impl=scan_impl,
                         param_key=param_key, profile=profile)  # fmt: skip
-        if plan.note:
-            log.warning("%s", plan.note)
         options = dict(preset=preset, scan_impl=scan_impl, param_key=param_key, threads=threads)
         main = open_planned(source, plan, **options)
         fallback = None  # a plain .onnx or engine runs in the precision it was built in: it has no twin

@@ -41,21 +41,22 @@ def open_backend(
     source = classify(model)
     plan = plan_for(source, backend, device=device, precision=precision, preset=preset, scan_impl=scan_impl,
                     param_key=param_key, profile=profile)  # fmt: skip
-    if plan.note:
-        log.warning("%s", plan.note)
     return open_planned(source, plan, preset=preset, scan_impl=scan_impl, param_key=param_key, threads=threads)
 
 
 def plan_for(source: ModelSource, backend: str | None, *, device, precision, preset, scan_impl, param_key, profile) -> BackendPlan:
-    """``plan_backend`` with what the options say about torch and numpy."""
+    """``plan_backend`` with what the options say about torch and numpy; its note is logged as a warning."""
     wants_torch = preset is not None or scan_impl != "auto" or param_key is not None
     numpy_runs = False
     if source.is_weights and not wants_torch and backend is None:
         from .numpy import numpy_config
 
         numpy_runs = numpy_config(source.path, None) is not None
-    return plan_backend(source, backend=backend, device=device, precision=precision, profile=profile,
+    plan = plan_backend(source, backend=backend, device=device, precision=precision, profile=profile,
                         wants_torch=wants_torch, numpy_runs=numpy_runs)  # fmt: skip
+    if plan.note:  # said here, once, for every caller (open_backend, Upscaler, eval, bench)
+        log.warning("%s", plan.note)
+    return plan
 
 
 def open_planned(
