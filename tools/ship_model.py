@@ -25,7 +25,7 @@ from mambaesr_edge.checkpoint import load_model, save_weights  # noqa: E402
 from mambaesr_edge.model import count_parameters  # noqa: E402
 from mambaesr_edge.models import PARAM_BUDGET, get_model  # noqa: E402
 from mambaesr_edge.resources import asset_path  # noqa: E402
-from mambaesr_edge.weights_format import PROVENANCE_KEY  # noqa: E402
+from mambaesr_edge.weights_format import PROVENANCE_KEY, STEP_KEY  # noqa: E402
 
 
 def git_commit() -> str:
@@ -34,22 +34,35 @@ def git_commit() -> str:
 
 
 def run_provenance(run: Path) -> tuple[Path, dict]:
-    """The run's result weights and what made them (its config.json and eval.json)."""
+    """The run's result weights and what made them (its config.json and eval.json, the weights' step).
+
+    A run from before the validation split (eval.json without ``result``) gives its final EMA weights."""
+    from safetensors import safe_open
+
     config = json.loads((run / "config.json").read_text())
     result = json.loads((run / "eval.json").read_text())
     train = config["train"]
-    weights = run / result["result"]
+    weights = run / result.get("result", "model_ema.safetensors")
+    with safe_open(str(weights), framework="np") as handle:
+        step = int((handle.metadata() or {}).get(STEP_KEY, -1))
+    if "result" in result:
+        selected = f"{result['result']} at step {result.get('result_step')} by {result.get('selected_by')}"
+    else:
+        selected = (f"the EMA weights at the run's last step ({step}); no validation split (the run predates it), "
+                    f"{train.get('val_dir')} scored for the record only")
     return weights, {
         "source": "distilled by mambaesr-edge train from the pruned DVMSR released weights",
         "init": train.get("init_weights"),
         "teacher": train.get("teacher"),
         "alpha": train.get("alpha"),
-        "steps": train.get("iterations"),
-        "schedule": f"{train.get('schedule')} lr {train.get('lr')} -> {train.get('min_lr')}, warmup {train.get('warmup')}",
+        "steps": step,
+        "schedule": f"{train.get('schedule')} over {train.get('iterations')} steps, lr {train.get('lr')} -> {train.get('min_lr')}, "
+        f"warmup {train.get('warmup')}",
+        "schedule_completed": step >= int(train.get("iterations") or 0),
         "batch": f"{train.get('batch_size')} x {train.get('patch')}x{train.get('patch')} patches",
         "data": "291 images (T91 + BSD200)",
-        "val_from_train": train.get("val_from_train"),
-        "selected": f"{result['result']} at step {result.get('result_step')} by {result.get('selected_by')}",
+        "val_from_train": train.get("val_from_train", 0),
+        "selected": selected,
         "run": run.name,
     }
 
