@@ -198,3 +198,20 @@ def test_each_shipped_model_keeps_its_committed_set5_psnr(benchmark_dir):
             assert up.backend.info.name == "numpy"
             result = evaluate_upscaler(up, benchmark_dir / "Set5", scale=4)
             assert result.psnr == pytest.approx(rows[name]["datasets"]["Set5"]["psnr"], abs=0.01), name
+
+
+def test_named_models_carry_their_provenance():
+    """tools/ship_model.py writes where each named model's weights come from into the file (issue 15)."""
+    from safetensors import safe_open
+
+    from mambaesr_edge.weights_format import PROVENANCE_KEY
+
+    for name in ("fast", "balanced", "quality"):
+        with safe_open(str(model_weights_path(name)), framework="np") as handle:
+            provenance = json.loads(handle.metadata()[PROVENANCE_KEY])
+        assert provenance["name"] == name and provenance["params"] == MODELS[name].params and provenance["source"]
+    for name in ("fast", "balanced"):  # the registry says what the file says: cut schedules, nothing selected
+        with safe_open(str(model_weights_path(name)), framework="np") as handle:
+            provenance = json.loads(handle.metadata()[PROVENANCE_KEY])
+        assert provenance["schedule_completed"] is False and "cut" in MODELS[name].provenance
+        assert f"{provenance['steps']:,}" in MODELS[name].provenance and provenance["val_from_train"] == 0
