@@ -215,3 +215,12 @@ def test_named_models_carry_their_provenance():
             provenance = json.loads(handle.metadata()[PROVENANCE_KEY])
         assert provenance["schedule_completed"] is False and "cut" in MODELS[name].provenance
         assert f"{provenance['steps']:,}" in MODELS[name].provenance and provenance["val_from_train"] == 0
+
+
+@pytest.mark.parametrize("name", ["fast", "balanced", "quality"])
+def test_upscale_with_each_named_model(name, small_image, tmp_path, capsys):
+    """Issue 15's done-when: `upscale IMG -o OUT --model NAME` for each name (numpy on the CPU, the file's own network)."""
+    out = tmp_path / f"{name}.png"
+    assert main(["upscale", str(small_image), "-o", str(out), "--model", name]) == 0, capsys.readouterr().err
+    assert np.asarray(Image.open(out)).shape == (80, 96, 3)
+    assert classify(name).path.name == MODELS[name].weights_file
