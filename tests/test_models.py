@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,25 @@ def test_upscale_with_each_named_model(name, small_image, tmp_path, capsys):
     assert main(["upscale", str(small_image), "-o", str(out), "--model", name]) == 0, capsys.readouterr().err
     assert np.asarray(Image.open(out)).shape == (80, 96, 3)
     assert classify(name).path.name == MODELS[name].weights_file
+
+
+@pytest.mark.data
+def test_frontier_script_takes_gpu_columns_from_a_gpu_only_run(tmp_path, shared_dir):
+    """benchmarks/models.py --gpu-from: a machine without CUDA fills the GPU columns from a --gpu-only run's JSON,
+    and the report says where they came from."""
+    gpu = {"command": "benchmarks/models.py --gpu-only", "date": "2026-12-07T00:00:00+00:00", "device": "NVIDIA H200",
+           "rows": {"dvmsr-g1": {"gpu_device": "NVIDIA H200", "gpu_ms_per_tile_batch16": 1.5, "gpu_ms_per_frame_960x540": 20.0}}}
+    (tmp_path / "gpu.json").write_text(json.dumps(gpu))
+    out = tmp_path / "frontier.json"
+    args = [sys.executable, "benchmarks/models.py", "--rows", "dvmsr-g1", "bicubic", "--datasets", "Set5", "--no-export",
+            "--cpu-rounds", "1", "--gpu-from", str(tmp_path / "gpu.json"), "--json", str(out), "--png", str(tmp_path / "f.png")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MAMBAESR_SHARED": str(shared_dir)}
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    assert rows["dvmsr-g1"]["gpu_ms_per_tile_batch16"] == 1.5 and rows["dvmsr-g1"]["gpu_ms_per_frame_960x540"] == 20.0
+    assert "gpu_ms_per_tile_batch16" not in rows["dvmsr-g1"]["null_reasons"]
+    assert rows["bicubic"]["gpu_ms_per_tile_batch16"] is None  # not a network: no GPU columns, whatever the file says
+    assert report["gpu_columns"]["device"] == "NVIDIA H200" and report["gpu_columns"]["file"].endswith("gpu.json")
+    assert rows["dvmsr-g1"]["datasets"]["Set5"]["psnr"] == pytest.approx(31.0736, abs=0.01)
