@@ -52,6 +52,13 @@ class NamedModel:
 _DVMSR = "DVMSR released weights (team07_DVMSR.pth, NTIRE 2024, MIT licence)"
 _DATA = "291 images (T91 + BSD200), validation split carved from them (train --val-from-train 20)"
 
+def _cut_run(groups: str, run: str, step: int, schedule: int) -> str:
+    """Provenance of weights shipped from a distillation run cut before its schedule ended (tools/ship_model.py)."""
+    return (f"{_DVMSR}, pruned to groups {groups}, distilled from the full DVMSR (alpha 0.8) on the 291 images; EMA weights "
+            f"of benchmarks/train_runs/{run} at its last step, {step:,} of a {schedule:,}-step cosine (cut by the time "
+            "limit); that run predates the validation split: nothing was selected, Set5 was only scored")
+
+
 MODELS: dict[str, NamedModel] = {
     model.name: model
     for model in (
@@ -77,9 +84,7 @@ MODELS: dict[str, NamedModel] = {
             params=242_388,
             weights_file="fast_x4.safetensors",
             set5_target=31.25,
-            provenance=f"{_DVMSR}, pruned to groups 0 and 3, distilled from the full DVMSR (alpha 0.8) on the 291 images; "
-            "EMA weights of benchmarks/train_runs/dvmsr_g03_kd at its last step, 2,028 of a 3,000-step cosine (cut by "
-            "the time limit); that run predates the validation split: nothing was selected, Set5 was only scored",
+            provenance=_cut_run("0 and 3", "dvmsr_g03_kd", 2_028, 3_000),
             recipe="tools/gpu_train_named.sh MINUTES fast (the full recipe; these weights: tools/ship_model.py fast --run ...)",
             notes="not trained to convergence: the schedule was cut at 68%; the session meant to finish it got no GPU",
         ),
@@ -91,9 +96,7 @@ MODELS: dict[str, NamedModel] = {
             params=333_408,
             weights_file="balanced_x4.safetensors",
             set5_target=31.85,
-            provenance=f"{_DVMSR}, pruned to groups 0, 1 and 3, distilled from the full DVMSR (alpha 0.8) on the 291 images; "
-            "EMA weights of benchmarks/train_runs/dvmsr_g013_kd at its last step, 1,616 of a 2,400-step cosine (cut by "
-            "the time limit); that run predates the validation split: nothing was selected, Set5 was only scored",
+            provenance=_cut_run("0, 1 and 3", "dvmsr_g013_kd", 1_616, 2_400),
             recipe="tools/gpu_train_named.sh MINUTES balanced (the full recipe; these weights: tools/ship_model.py balanced --run ...)",
             notes="not trained to convergence: the schedule was cut at 67%; the session meant to finish it got no GPU",
         ),

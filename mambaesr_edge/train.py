@@ -478,7 +478,7 @@ def _finish_run(run_dir: Path, ema: MambaSR, cfg: TrainConfig, val_pairs) -> Non
         results = [_score_split(model, val_pairs, cfg.scale)] if val_pairs else []
         if cfg.val_dir:
             results.append(evaluate_dataset(model, cfg.val_dir, scale=cfg.scale))
-        step = _weights_step(run_dir / result_name)
+        step = weights_step(run_dir / result_name)
         _write_json(run_dir / "eval.json", {
             "result": result_name, "result_step": step, "selected_by": f"{SPLIT_NAME} PSNR" if result_name == BEST_WEIGHTS else "last step",
             "datasets": {r.name: r.to_dict() for r in results}, "params": count_parameters(model),
@@ -508,7 +508,8 @@ def _finish_run(run_dir: Path, ema: MambaSR, cfg: TrainConfig, val_pairs) -> Non
         plt.close(fig)
 
 
-def _weights_step(path: Path) -> int | None:
+def weights_step(path: Path) -> int | None:
+    """The training step a weights file was saved at (its STEP_KEY metadata), None when it has none."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
