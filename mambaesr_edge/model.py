@@ -17,7 +17,7 @@ from torch import nn
 
 from .orders import order_permutation
 from .presets import ModelConfig
-from .scan import selective_scan
+from .scan import resolve_impl, selective_scan
 from .weights_format import LAYER_NORM_EPS
 
 
@@ -50,13 +50,20 @@ class Mixer(nn.Module):
         xz = self.in_proj(x).transpose(1, 2)  # (B, 2*Di, L)
         u, z = xz.chunk(2, dim=1)  # (B, Di, L) each
         single_raster = self.orders == ("raster",)
-        if single_raster:
-            seq = u  # (B, Di, L)
+        if single_raster and _fused_conv(x, scan_impl):  # one Triton kernel, token layout: no layout copies
+            from .conv_triton import causal_conv1d_silu
+
+            seq_tokens = causal_conv1d_silu(u.transpose(1, 2), self.conv1d.weight, self.conv1d.bias)  # (B, L, Di)
+            seq = seq_tokens.transpose(1, 2)  # (B, Di, L) view: the scan reads it channel-contiguous
         else:
-            perms = [order_permutation(o, height, width)[0].to(x.device) for o in self.orders]
-            seq = torch.cat([u.index_select(2, p) for p in perms], dim=0)  # (K*B, Di, L)
-        seq = F.silu(self.conv1d(seq)[..., :length])  # (K*B, Di, L) causal depthwise conv along the scan
-        x_dbl = self.x_proj(seq.transpose(1, 2))  # (K*B, L, R + 2N)
+            if single_raster:
+                seq = u  # (B, Di, L)
+            else:
+                perms = [order_permutation(o, height, width)[0].to(x.device) for o in self.orders]
+                seq = torch.cat([u.index_select(2, p) for p in perms], dim=0)  # (K*B, Di, L)
+            seq = F.silu(self.conv1d(seq)[..., :length])  # (K*B, Di, L) causal depthwise conv along the scan
+            seq_tokens = seq.transpose(1, 2)  # (K*B, L, Di)
+        x_dbl = self.x_proj(seq_tokens)  # (K*B, L, R + 2N)
         dt, b_in, c_out = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (K*B, Di, L) low-rank step size, bias in the scan
         A = -torch.exp(self.A_log.float())  # (Di, N)
@@ -78,6 +85,14 @@ class Mixer(nn.Module):
             y = sum(part.index_select(2, inv) for part, inv in zip(parts, inverses, strict=True))  # (B, Di, L) back in raster order
             y = y * F.silu(z)  # (B, Di, L)
         return self.out_proj(y.transpose(1, 2))  # (B, L, C)
+
+
+def _fused_conv(x: torch.Tensor, scan_impl: str) -> bool:
+    """The fused Triton conv (conv_triton.py) runs where the Triton scan does, for inference only: a CUDA tensor, the
+    scan resolving to "triton", no autograd, nothing tracing or compiling. Elsewhere the PyTorch ops below."""
+    if x.device.type != "cuda" or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return resolve_impl(scan_impl, x.device) == "triton"
 
 
 class Block(nn.Module):

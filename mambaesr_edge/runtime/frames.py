@@ -130,7 +130,8 @@ def unit_tensor(frame, channel_order: str = "rgb"):
 
     if frame.dtype != torch.uint8 or frame.dim() != 3 or frame.shape[2] != 3:
         raise ImageError(f"expected an HxWx3 uint8 frame, got {tuple(frame.shape)} {frame.dtype}", hint="pass uint8 RGB/BGR frames")
-    unit = frame.to(torch.float32) / _PEAK[np.dtype(np.uint8)]  # (H, W, 3)
+    peak = torch.full((), _PEAK[np.dtype(np.uint8)], dtype=torch.float32, device=frame.device)  # a tensor, not a Python
+    unit = frame.to(torch.float32) / peak  # (H, W, 3); a Python scalar would let CUDA multiply by 1/255 (1 ulp off)
     if check_channel_order(channel_order) == "bgr":
         unit = unit.flip(-1)
     return unit.permute(2, 0, 1).contiguous()  # (3, H, W)
