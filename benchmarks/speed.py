@@ -650,7 +650,8 @@ def stream_row(precision: str, args, device: torch.device) -> dict:
 
 
 def profile_frame(model: nn.Module, impl: str | None, frame_hw: tuple[int, int], amp: str, args, device: torch.device) -> dict:
-    """One network-only pass over a tiled frame (as ``frame_model``) under torch.profiler: CUDA time per kernel."""
+    """One network-only pass over a tiled frame (as ``frame_model``) under torch.profiler: CUDA time per kernel (on
+    the CPU: self CPU time per op)."""
     from torch.profiler import ProfilerActivity, profile
 
     plan = plan_tiles(frame_hw, args.tile, args.overlap)
@@ -665,15 +666,16 @@ def profile_frame(model: nn.Module, impl: str | None, frame_hw: tuple[int, int],
 
     run()
     sync(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         for _ in range(reps):
             run()
         sync(device)
     rows = []
     for event in prof.key_averages():
-        cuda_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
-        if cuda_us > 0:
-            rows.append({"name": event.key[:140], "calls": event.count // reps, "ms_per_frame": cuda_us / 1e3 / reps})
+        us = (getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)) if cuda else event.self_cpu_time_total
+        if us > 0:
+            rows.append({"name": event.key[:140], "calls": event.count // reps, "ms_per_frame": us / 1e3 / reps})
     rows.sort(key=lambda row: -row["ms_per_frame"])
     total = sum(row["ms_per_frame"] for row in rows)
     for row in rows:
