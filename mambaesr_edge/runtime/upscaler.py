@@ -34,7 +34,7 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import ConfigError
 from ..profiles import DeviceProfile, load_profile
-from .adapt import Decision, TileSettings, choose_settings, free_memory_bytes
+from .adapt import ConfiguredDefaults, Decision, TileSettings, choose_settings, free_memory_bytes
 from .backends.base import Backend, BackendInfo
 from .backends.select import open_planned, plan_for
 from .backends.torch import TorchBackend
@@ -82,18 +82,19 @@ class Upscaler:
         self.fallback = fallback
         self.scale = int(info.scale)
         self.channel_order = check_channel_order(channel_order)
+        defaults = configured_defaults(profile)
         self.settings: TileSettings = choose_settings(
             tile=tile,
             overlap=overlap,
             batch=batch,
             precision=info.precision,
             blend=blend,
-            profile=profile,
+            defaults=defaults,
             fixed_input_hw=info.input_hw,
             free_bytes=measured,
             model_dims=_model_dims(info),
             decisions=startup,
-            bytes_per_pixel=_gpu_bytes_per_pixel(backend, tile, profile),
+            bytes_per_pixel=_gpu_bytes_per_pixel(backend, tile, defaults),
         )
         self.settings = _fit_token_limit(self.settings, info.max_tokens, startup)
         self.startup_decisions: tuple[Decision, ...] = tuple(startup)
@@ -209,11 +210,22 @@ class Upscaler:
         return f"Upscaler({self.backend!r}, {self.settings}, channel_order={self.channel_order!r})"
 
 
-def _gpu_bytes_per_pixel(backend: Backend, tile: int | None, profile: DeviceProfile | Bundle | None) -> float | None:
+def configured_defaults(profile: DeviceProfile | Bundle | None) -> ConfiguredDefaults | None:
+    """What a device profile (tile, overlap, batch, precision, memory budget) or an export bundle (the tile, overlap,
+    batch and precision it was exported for) sets for start-up."""
+    if isinstance(profile, DeviceProfile):
+        return ConfiguredDefaults(f"device profile {profile.name}", profile.tile, profile.overlap, profile.batch, profile.precision,
+                                  profile.memory_budget_mib)
+    if isinstance(profile, Bundle):
+        return ConfiguredDefaults("the export bundle", profile.tile, profile.overlap, profile.batch, profile.precision)
+    return None
+
+
+def _gpu_bytes_per_pixel(backend: Backend, tile: int | None, defaults: ConfiguredDefaults | None) -> float | None:
     """The measured peak bytes per LR pixel when the start-up settings are chosen for a device-tiling GPU (torch on
     CUDA, no tile asked for, none from the profile or bundle); None otherwise (the CPU path is unchanged)."""
     info = backend.info
-    if not (info.tensor_io and info.on_cuda) or tile is not None or getattr(profile, "tile", None) or info.input_hw:
+    if not (info.tensor_io and info.on_cuda) or tile is not None or (defaults is not None and defaults.tile) or info.input_hw:
         return None
     from .device_tiling import measure_bytes_per_pixel
 
