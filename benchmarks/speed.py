@@ -21,7 +21,14 @@ Measures, in one run, on the device present (CUDA if torch sees one, else CPU):
 4. cnn: a plain CNN (conv3x3 -> N residual blocks conv3x3-ReLU-conv3x3 -> conv3x3 + skip -> conv3x3 + PixelShuffle)
    as wide as the preset (embed_dim) with the depth whose multiply-adds per LR pixel come closest to the preset's
    (export.cost.analytic_macs_per_pixel), timed the same way (tile, frame, train); Mamba / CNN time ratios.
-5. upscale (CPU): the `mambaesr-edge upscale` work on a 128x128 LR image (Set5 baby when ../shared has it, else the
+5. stream (issue 16): what an app gets, ``Upscaler.from_path(None, backend="torch", device=...)`` with its defaults,
+   through ``Upscaler.stream``: --stream-frames uint8 960x540x3 frames in (8 distinct random frames, cycled), uint8
+   3840x2160x3 out, after a warm-up stream; frames/s = frames / wall time of the whole stream, latency = from the
+   source generator handing frame i over to the consumer receiving output i (queueing included), p50 and p99. One
+   row per --stream-precisions entry ("default": the precision the plan picks).
+   With --profile, the 1080p network-only frame of the first preset (best impl/amp of its rows) runs once more
+   under torch.profiler; the top CUDA kernels go to <json stem>_profile.json beside the JSON.
+6. upscale (CPU): the `mambaesr-edge upscale` work on a 128x128 LR image (Set5 baby when ../shared has it, else the
    shipped sample downscaled) with the student preset (random weights: timing only) through the chunked scan, the
    reference scan and ONNX Runtime on the exported graph; ratios to the chunked (plain exportable-scan) path; and
    the CLI itself as a subprocess (wall time including Python start-up).
@@ -31,6 +38,8 @@ new measurement starts (rows say "skipped"). The JSON is rewritten after every r
 had. The table is printed last.
 
     PYTHONPATH=$PWD python benchmarks/speed.py --amp none fp16 --max-seconds 170 --json OUT.json   # GPU, < 4 minutes
+    PYTHONPATH=$PWD python benchmarks/speed.py --sections stream frame --presets dvmsr-g1 --impls triton --amp none fp16 bf16 \
+        --tile 128 --overlap 16 --frame-batch 256 --stream-precisions default fp16 bf16 --profile --json OUT.json  # issue 16
     OMP_WAIT_POLICY=PASSIVE python benchmarks/speed.py --cpu-budget --json benchmarks/speed_cpu.json   # this CPU, 2 threads
     python benchmarks/speed.py --quick --json /tmp/s.json                # seconds; tests/test_speed_script.py
 
@@ -82,6 +91,9 @@ GOAL_PRESET = "dvmsr-g1"  # the goals' "student": the network of the shipped def
 GOAL_RATIO = 1.3  # Mamba / same-FLOPs CNN time
 GOAL_TRAIN_MIN = 15.0  # 10K iterations at batch 32
 GOAL_CPU_UPSCALE_S = 1.0  # 128x128 -> 512x512 on 2 cores
+GOAL16_STREAM_FPS = 60.0  # issue 16: 960x540 -> 3840x2160 through Upscaler.stream with the defaults
+GOAL16_NET_FPS_1080P = 30.0  # issue 16: 1920x1080 LR, network only
+GOAL16_RATIO_1080P = 2.0  # issue 16: Mamba / same-MACs CNN on the 1080p frame
 
 
 class Interrupted(BaseException):
@@ -97,8 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu-budget", action="store_true", help="reduced sizes for a 2-core CPU (a few minutes)")
     p.add_argument("--max-seconds", type=float, default=None, help="start no new measurement after this (default 180; cpu-budget 420; quick 60)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (cpu-budget: 2)")
-    p.add_argument("--sections", nargs="+", default=["scan", "tile", "frame", "train", "upscale"],
-                   choices=["scan", "tile", "frame", "train", "upscale"], help="what to measure")
+    p.add_argument("--sections", nargs="+", default=["stream", "scan", "tile", "frame", "train", "upscale"],
+                   choices=["stream", "scan", "tile", "frame", "train", "upscale"], help="what to measure")
     p.add_argument("--presets", nargs="+", default=None, help=f"default {GOAL_PRESET} student dvmsr (quick: test)")
     p.add_argument("--impls", nargs="+", default=None,
                    help="scan impls for the network rows (default: chunked, triton on CUDA, mamba_ssm if importable)")
@@ -116,6 +128,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frame-batch", type=int, default=128, help="tiles per call for frames (halved on out-of-memory)")
     p.add_argument("--frame-max-tiles", type=int, default=0, help="time this many tiles of a frame and extrapolate (0: all)")
     p.add_argument("--no-e2e-frame", action="store_true", help="skip the runtime (Upscaler) frame rows")
+    p.add_argument("--stream-frames", type=int, default=300, help="frames timed per stream row")
+    p.add_argument("--stream-warmup", type=int, default=10, help="frames of the warm-up stream before each stream row")
+    p.add_argument("--stream-precisions", nargs="+", default=["default"], choices=["default", "fp32", "fp16", "bf16"],
+                   help="stream rows: the plan's precision (default) and/or these")
+    p.add_argument("--stream-model", default=None, help="model for the stream rows (default: the shipped default)")
+    p.add_argument("--profile", action="store_true", help="torch.profiler table of the 1080p network -> <json stem>_profile.json")
     p.add_argument("--train-batch", type=int, default=32)
     p.add_argument("--train-patch", type=int, default=64)
     p.add_argument("--train-steps", type=int, default=5)
@@ -126,6 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.frames = {"1080p": (1080, 1920), "540p": (540, 960)}
     args.frame_540p_presets = (GOAL_PRESET,)
+    args.stream_hw = (540, 960)
     args.upscale_size = 128
     if args.quick:
         args.presets = args.presets or ["test"]
@@ -133,6 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.tile, args.overlap, args.tile_batches, args.frame_batch = 16, 4, [1, 2], 4
         args.frames = {"tiny": (40, 56)}
         args.frame_540p_presets = ()
+        args.stream_hw, args.stream_frames, args.stream_warmup = (20, 28), 6, 2
         args.train_batch, args.train_patch, args.train_steps = 2, 16, 1
         args.target_s = 0.05
         args.upscale_size = 24
@@ -143,6 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.scan_batches, args.fwdbwd_batch = [1, 8], 4
         args.tile_batches, args.frame_batch, args.frame_max_tiles = [1, 4], 4, 4
         args.frame_540p_presets = ()
+        args.stream_hw, args.stream_frames, args.stream_warmup = (64, 96), 10, 2
         args.train_batch, args.train_patch, args.train_steps = 2, 32, 1
         args.target_s = 0.5
         args.max_seconds = args.max_seconds or 420.0
@@ -216,13 +237,15 @@ class Runner:
                 "tile": args.tile, "overlap": args.overlap, "tile_batches": args.tile_batches,
                 "frames": {k: list(v) for k, v in args.frames.items()}, "frame_batch": args.frame_batch,
                 "frame_max_tiles": args.frame_max_tiles,
+                "stream": {"lr_hw": list(args.stream_hw), "frames": args.stream_frames, "warmup": args.stream_warmup,
+                           "precisions": args.stream_precisions, "model": args.stream_model or "shipped default"},
                 "train": {"batch": args.train_batch, "patch": args.train_patch, "steps": args.train_steps},
                 "cudnn_benchmark": cuda, "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
                 "cudnn_tf32": torch.backends.cudnn.allow_tf32,
             },
             "timing": "median over reps after warm-up; CUDA events for kernels/network rows, perf_counter + synchronize for frames/e2e/train",
             "copy_bandwidth": None,
-            "scan": [], "tile": [], "frame": [], "train": [], "upscale": [],
+            "stream": [], "scan": [], "tile": [], "frame": [], "train": [], "upscale": [],
             "cnn": {}, "ratios": [], "goals": {}, "errors": 0, "skipped": 0,
         }
         if cuda:
@@ -583,6 +606,109 @@ def frame_e2e(model: nn.Module, impl: str | None, frame_hw: tuple[int, int], amp
             "settings": str(up.settings), "call": call}
 
 
+# ----------------------------------------------------------------------------------------------------------- 5: stream
+def _percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
+
+
+def stream_row(precision: str, args, device: torch.device) -> dict:
+    """Upscaler.stream with an app's defaults, uint8 HxWx3 in and out (see the module docstring, section 5)."""
+    from mambaesr_edge.runtime.upscaler import Upscaler
+
+    t0 = time.perf_counter()
+    up = Upscaler.from_path(args.stream_model, backend="torch", device=device.type, precision=None if precision == "default" else precision)
+    open_s = time.perf_counter() - t0
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (*args.stream_hw, 3), dtype=np.uint8) for _ in range(8)]  # (H, W, 3) uint8
+    t0 = time.perf_counter()
+    for _ in up.stream(frames[i % len(frames)] for i in range(args.stream_warmup)):  # Triton compiles, cuDNN picks
+        pass
+    warmup_s = time.perf_counter() - t0
+    n = args.stream_frames
+    t_in, t_out = [0.0] * n, [0.0] * n
+
+    def source():
+        for i in range(n):
+            t_in[i] = time.perf_counter()
+            yield frames[i % len(frames)]
+
+    shape = None
+    start = time.perf_counter()
+    with up.stream(source(), indexed=True) as stream:
+        for i, out in stream:
+            t_out[i] = time.perf_counter()
+            shape = out.shape
+        dropped, decisions = len(stream.dropped), [str(d) for d in stream.decisions]
+    wall = time.perf_counter() - start
+    latency = sorted(1e3 * (t_out[i] - t_in[i]) for i in range(n) if t_out[i])
+    info = up.backend.info
+    return {"lr_hw": list(args.stream_hw), "out_shape": list(shape) if shape else None, "frames": n, "stream_wall_s": wall,
+            "fps": n / wall, "ms": 1e3 * wall / n, "latency_ms_p50": _percentile(latency, 0.5), "latency_ms_p99": _percentile(latency, 0.99),
+            "precision_used": info.precision, "backend": f"{info.name} {info.device} {info.detail}", "settings": str(up.settings),
+            "startup_decisions": [str(d) for d in up.startup_decisions], "stream_decisions": decisions, "dropped": dropped,
+            "open_s": open_s, "warmup_s": warmup_s, "weights": info.source}
+
+
+def profile_frame(model: nn.Module, impl: str | None, frame_hw: tuple[int, int], amp: str, args, device: torch.device) -> dict:
+    """One network-only pass over a tiled frame (as ``frame_model``) under torch.profiler: CUDA time per kernel (on
+    the CPU: self CPU time per op)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    plan = plan_tiles(frame_hw, args.tile, args.overlap)
+    frame = torch.rand(3, *plan.padded_hw, generator=torch.Generator().manual_seed(1)).to(device)
+    tiles = torch.stack([frame[:, y : y + args.tile, x : x + args.tile] for y, x in plan.origins])  # (n, 3, t, t)
+    batch, reps = args.frame_batch, 2
+
+    def run() -> None:
+        with torch.inference_mode(), autocast(device, amp):
+            for start in range(0, len(tiles), batch):
+                model(tiles[start : start + batch], scan_impl=impl)
+
+    run()
+    sync(device)
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            run()
+        sync(device)
+    rows = []
+    for event in prof.key_averages():
+        us = (getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)) if cuda else event.self_cpu_time_total
+        if us > 0:
+            rows.append({"name": event.key[:140], "calls": event.count // reps, "ms_per_frame": us / 1e3 / reps})
+    rows.sort(key=lambda row: -row["ms_per_frame"])
+    total = sum(row["ms_per_frame"] for row in rows)
+    for row in rows:
+        row["share"] = row["ms_per_frame"] / total if total else None
+    return {"lr_hw": list(frame_hw), "tile": args.tile, "overlap": args.overlap, "tiles": plan.num_tiles, "batch": batch,
+            "amp": amp, "impl": impl, "kernel_ms_per_frame": total, "kernels": rows[:40]}
+
+
+def write_profile(r: Runner, cnn_specs: dict) -> None:
+    """--profile: the 1080p (else first) frame of the first preset, best impl/amp of its network rows."""
+    args, device = r.args, r.device
+    name = "1080p" if "1080p" in args.frames else next(iter(args.frames))
+    preset = args.presets[0]
+    best = _best(r.report["frame"], preset=preset, model="mamba", frame=name, path="model")
+    if best is None or not args.json:
+        return
+    model = build_model("mamba", preset, cnn_specs, device)
+    row = r.measure("frame", {"preset": preset, "model": "mamba", "impl": best["impl"], "amp": best["amp"], "frame": name, "path": "profile"},
+                    lambda m=model: profile_frame(m, best["impl"], args.frames[name], best["amp"], args, device))
+    if "kernels" in row:
+        path = Path(args.json).with_name(Path(args.json).stem + "_profile.json")
+        doc = {"command": r.report["command"], "device": r.report["device"], "date": r.report["date"], "torch": torch.__version__,
+               "preset": preset, **{k: v for k, v in row.items() if k not in ("load1_before",)}}
+        path.write_text(json.dumps(doc, indent=1, default=_json_default))
+        row["profile_json"] = str(path)
+        row.pop("kernels")
+        row["top_kernels"] = [f"{k['ms_per_frame']:.2f} ms {100 * (k['share'] or 0):.0f}% x{k['calls']} {k['name'][:60]}"
+                              for k in doc["kernels"][:8]]
+        r.save()
+    del model
+    cleanup(device)
+
+
 # ----------------------------------------------------------------------------------------------------------- 3: train
 def load_train_step():
     spec = importlib.util.spec_from_file_location("_bench_train_step", HERE / "train_step.py")
@@ -718,6 +844,10 @@ def run_all(r: Runner) -> None:
     amps = args.amp if cuda else ["none"]
     r.report["settings"]["impls"] = impls
     r.measure("copy_bandwidth", {"what": "device copy"}, lambda: copy_bandwidth(device, args))
+    if "stream" in args.sections:  # issue 16's first target, so first
+        frame = f"{args.stream_hw[1]}x{args.stream_hw[0]}"
+        for precision in args.stream_precisions:
+            r.measure("stream", {"precision": precision, "frame": frame}, lambda precision=precision: stream_row(precision, args, device))
     if "scan" in args.sections:
         run_scan(r, impls)
     cnn_specs = {}
@@ -784,6 +914,8 @@ def run_all(r: Runner) -> None:
                     continue
                 label = {"preset": preset, "model": kind, "impl": impl, "batch": args.train_batch, "patch": args.train_patch}
                 r.measure("train", label, lambda kind=kind, impl=impl, preset=preset: train_row(ts, kind, preset, impl, cnn_specs, args, device))
+    if args.profile and cuda and "frame" in args.sections:
+        write_profile(r, cnn_specs)
 
 
 def _best(rows: list[dict], **match) -> dict | None:
@@ -822,6 +954,24 @@ def summarise(r: Runner) -> None:
             goals[f"student_fps_{name}_lr_e2e"] = _goal(e2e["fps"], GOAL_FPS, ">=", student == GOAL_PRESET and cuda, impl=e2e["impl"],
                                                         amp=e2e["amp"],
                                                         note="runtime Upscaler.upscale_chw: device tiling and blend, float32 result to the host")
+    stream = next((x for x in rep["stream"] if x.get("precision") == "default" and "fps" in x), None)
+    if stream:
+        goals["issue16_stream_fps_540p_default"] = _goal(stream["fps"], GOAL16_STREAM_FPS, ">=", cuda and tuple(stream["lr_hw"]) == (540, 960),
+                                                         precision=stream["precision_used"], settings=stream["settings"],
+                                                         p50_ms=stream["latency_ms_p50"], p99_ms=stream["latency_ms_p99"],
+                                                         note="Upscaler.from_path(None, backend='torch') defaults, uint8 in/out")
+    net = _best(rep["frame"], preset=student, model="mamba", frame="1080p", path="model")
+    if net:
+        goals["issue16_network_fps_1080p_lr"] = _goal(net["fps"], GOAL16_NET_FPS_1080P, ">=", cuda and student == GOAL_PRESET,
+                                                      impl=net["impl"], amp=net["amp"], tile=args.tile, overlap=args.overlap,
+                                                      batch=net.get("batch_used"))
+        if net.get("x_cnn") is not None:
+            cnn_best = _best(rep["frame"], preset=student, model="cnn", frame="1080p", path="model")
+            best_ratio = net["ms"] / cnn_best["ms"]  # fastest Mamba against the fastest CNN, any amp
+            goals["issue16_mamba_cnn_ratio_1080p"] = _goal(best_ratio, GOAL16_RATIO_1080P, "<=", cuda and student == GOAL_PRESET,
+                                                           mamba=f"{net['impl']} {net['amp']} {net['ms']:.1f} ms",
+                                                           cnn=f"{cnn_best['amp']} {cnn_best['ms']:.1f} ms",
+                                                           same_amp_ratio=net["x_cnn"])
     first_frame = next(iter(args.frames))
     for section, extra in (("frame", {"frame": first_frame, "path": "model"}), ("tile", {"batch": max(args.tile_batches)}), ("train", {})):
         cands = [x for x in ratios if x["section"] == section and x["preset"] == student and all(x.get(k) == v for k, v in extra.items())]
@@ -872,6 +1022,13 @@ def print_table(r: Runner) -> None:
              f"load average start {load0} end {load1}  command: {rep['command']}"]
     cb = rep["copy_bandwidth"] or {}
     lines.append(f"copy bandwidth: {_f(cb.get('gbs'), '{:.1f}')} GB/s {_status(cb)}")
+    if rep["stream"]:
+        lines += ["", "STREAM (Upscaler.stream, app defaults, uint8 HxWx3 in and out; latency = source -> consumer, queueing included)",
+                  f"{'precision':9s} {'used':5s} {'frame':8s} {'frames':>6s} {'fps':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'drop':>5s}  settings"]
+        for x in rep["stream"]:
+            lines.append(f"{x.get('precision', '?'):9s} {x.get('precision_used', '-'):5s} {x.get('frame', '?'):8s} "
+                         f"{_f(x.get('frames'), '{:d}'):>6s} {_f(x.get('fps'), '{:8.2f}'):>8s} {_f(x.get('latency_ms_p50'), '{:8.1f}'):>8s} "
+                         f"{_f(x.get('latency_ms_p99'), '{:8.1f}'):>8s} {_f(x.get('dropped'), '{:d}'):>5s}  {x.get('settings', '')} {_status(x)}")
     if rep["scan"]:
         lines += ["", "SCAN (ms median; GB/s = minimal bytes u,delta,B,C,y fp32 / time)",
                   f"{'impl':10s} {'mode':8s} {'batch':>5s} {'L':>6s} {'dim':>4s} {'N':>3s} {'ms':>10s} {'GB/s':>9s} {'%copy':>7s} {'floor ms':>9s}"]

@@ -17,7 +17,7 @@ from torch import nn
 
 from .orders import order_permutation
 from .presets import ModelConfig
-from .scan import selective_scan
+from .scan import resolve_impl, selective_scan
 from .weights_format import LAYER_NORM_EPS
 
 
@@ -50,13 +50,20 @@ class Mixer(nn.Module):
         xz = self.in_proj(x).transpose(1, 2)  # (B, 2*Di, L)
         u, z = xz.chunk(2, dim=1)  # (B, Di, L) each
         single_raster = self.orders == ("raster",)
-        if single_raster:
-            seq = u  # (B, Di, L)
+        if single_raster and _triton_inference(x, scan_impl):  # one Triton kernel, token layout: no layout copies
+            from .conv_triton import causal_conv1d_silu
+
+            seq_tokens = causal_conv1d_silu(u.transpose(1, 2), self.conv1d.weight, self.conv1d.bias)  # (B, L, Di)
+            seq = seq_tokens.transpose(1, 2)  # (B, Di, L) view: the scan reads it channel-contiguous
         else:
-            perms = [order_permutation(o, height, width)[0].to(x.device) for o in self.orders]
-            seq = torch.cat([u.index_select(2, p) for p in perms], dim=0)  # (K*B, Di, L)
-        seq = F.silu(self.conv1d(seq)[..., :length])  # (K*B, Di, L) causal depthwise conv along the scan
-        x_dbl = self.x_proj(seq.transpose(1, 2))  # (K*B, L, R + 2N)
+            if single_raster:
+                seq = u  # (B, Di, L)
+            else:
+                perms = [order_permutation(o, height, width)[0].to(x.device) for o in self.orders]
+                seq = torch.cat([u.index_select(2, p) for p in perms], dim=0)  # (K*B, Di, L)
+            seq = F.silu(self.conv1d(seq)[..., :length])  # (K*B, Di, L) causal depthwise conv along the scan
+            seq_tokens = seq.transpose(1, 2)  # (K*B, L, Di)
+        x_dbl = self.x_proj(seq_tokens)  # (K*B, L, R + 2N)
         dt, b_in, c_out = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (K*B, Di, L) low-rank step size, bias in the scan
         A = -torch.exp(self.A_log.float())  # (Di, N)
@@ -80,6 +87,25 @@ class Mixer(nn.Module):
         return self.out_proj(y.transpose(1, 2))  # (B, L, C)
 
 
+def _triton_inference(x: torch.Tensor, scan_impl: str) -> bool:
+    """The fused Triton kernels (conv_triton.py, norm_triton.py) run where the Triton scan does, for inference only: a
+    CUDA tensor, the scan resolving to "triton", no autograd, nothing tracing or compiling. Elsewhere the PyTorch ops."""
+    if x.device.type != "cuda" or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return resolve_impl(scan_impl, x.device) == "triton"
+
+
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor, scan_impl: str) -> torch.Tensor:
+    """``norm(x)`` on tokens (B, L, C): through the Triton kernel (norm_triton.py) with the module's own parameters
+    where _triton_inference holds, else the module. Under autocast LayerNorm gives fp32, and so does the kernel."""
+    if not _triton_inference(x, scan_impl):
+        return norm(x)
+    from .norm_triton import layer_norm_tokens
+
+    out_dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else None
+    return layer_norm_tokens(x, norm.weight, norm.bias, norm.eps, out_dtype)  # (B, L, C)
+
+
 class Block(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -88,7 +114,7 @@ class Block(nn.Module):
         self.residual = config.block_residual
 
     def forward(self, x: torch.Tensor, height: int, width: int, scan_impl: str) -> torch.Tensor:
-        out = self.mixer(self.norm(x), height, width, scan_impl)  # (B, L, C)
+        out = self.mixer(_layer_norm(self.norm, x, scan_impl), height, width, scan_impl)  # (B, L, C)
         return x + out if self.residual else out
 
 
@@ -158,10 +184,10 @@ class MambaSR(nn.Module):
         height, width = x.shape[-2:]
         x = x - self.mean  # (B, 3, H, W)
         feat = self.conv_first(x)  # (B, C, H, W)
-        tokens = self.patch_embed.norm(_image_to_tokens(feat))  # (B, L, C)
+        tokens = _layer_norm(self.patch_embed.norm, _image_to_tokens(feat), impl)  # (B, L, C)
         for group in self.layers:
             tokens = group(tokens, height, width, impl)  # (B, L, C)
-        body = _tokens_to_image(self.norm_f(tokens), height, width)  # (B, C, H, W)
+        body = _tokens_to_image(_layer_norm(self.norm_f, tokens, impl), height, width)  # (B, C, H, W)
         body = self.conv_after_body(body) + feat  # (B, C, H, W)
         return self.upsample(body) + self.mean  # (B, 3, sH, sW)
 

@@ -68,7 +68,8 @@ def _scan_fwd_kernel(
         if HAS_Z:
             z_blk = tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_l + offs_d[None, :] * sz_d, mask=mask_ld, other=0.0).to(tl.float32)  # (BL, BD)
             y_blk *= z_blk * tl.sigmoid(z_blk)  # (BL, BD)
-        tl.store(y_ptr + pid_b * sy_b + t[:, None] * sy_l + offs_d[None, :] * sy_d, y_blk, mask=mask_ld)
+        y_out = y_blk.to(y_ptr.dtype.element_ty)  # rounded once here (fp16/bf16 y under autocast); math stays fp32
+        tl.store(y_ptr + pid_b * sy_b + t[:, None] * sy_l + offs_d[None, :] * sy_d, y_out, mask=mask_ld)
         if STORE_H:
             h_offs = t[:, None, None] * sh_l + offs_d[None, :, None] * sh_d + offs_n[None, None, :]  # (BL, BD, BN)
             tl.store(h_ptr + pid_b * sh_b + h_offs, h_blk, mask=mask_ld[:, :, None] & mask_n[None, None, :])
@@ -148,8 +149,9 @@ def forward_launch_shape(batch: int, dim: int, length: int, device: torch.device
 
 
 def scan_forward(u, delta, A, B, C, *, store_h: bool, launch: tuple[int, int, int] | None = None,
-                 delta_bias=None, delta_softplus: bool = False, D=None, z=None):
-    """y (B, D, L) fp32 and, with store_h, every state h (B, L, D, N) for the backward; float inputs of any strides.
+                 delta_bias=None, delta_softplus: bool = False, D=None, z=None, out_dtype: torch.dtype = torch.float32):
+    """y (B, D, L) in ``out_dtype`` (fp32 unless asked: the state and all maths stay fp32, only the store rounds) and,
+    with store_h, every state h (B, L, D, N) fp32 for the backward; float inputs of any strides.
 
     delta_bias/delta_softplus/D/z, when given, are applied inside the kernel (inference: no gradient flows
     through them here); without them y is the bare recurrence output C . h.
@@ -157,7 +159,7 @@ def scan_forward(u, delta, A, B, C, *, store_h: bool, launch: tuple[int, int, in
     batch, dim, length = u.shape
     n_state = A.shape[1]
     block_l, block_d, warps = launch or forward_launch_shape(batch, dim, length, u.device)
-    y = torch.empty(batch, length, dim, device=u.device, dtype=torch.float32).transpose(1, 2)  # (B, D, L) view
+    y = torch.empty(batch, length, dim, device=u.device, dtype=out_dtype).transpose(1, 2)  # (B, D, L) view
     h = torch.empty(batch, length, dim, n_state, device=u.device, dtype=torch.float32) if store_h else y
     z_strides = _strides3(z) if z is not None else (0, 0, 0)
     _scan_fwd_kernel[(batch, triton.cdiv(dim, block_d))](
@@ -217,13 +219,14 @@ class _TritonScan(torch.autograd.Function):
 def triton_scan_inference(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool) -> torch.Tensor:
     """The whole selective scan in one kernel, no gradient: softplus(delta + bias), the recurrence, + D u, * silu(z).
 
-    u, delta, B, C, z in any float dtype and strides (read as they are, math in fp32); returns fp32 (B, D, L).
+    u, delta, B, C, z in any float dtype and strides (read as they are, math and state in fp32); returns (B, D, L) in
+    u's dtype, rounded once at the store (fp16/bf16 under autocast: no separate fp32 -> fp16 pass over y).
     """
     def f32(t):
         return None if t is None else t.float()
 
     return scan_forward(u, delta, A.float(), B, C, store_h=False, delta_bias=f32(delta_bias),
-                        delta_softplus=delta_softplus, D=f32(D), z=z)[0]
+                        delta_softplus=delta_softplus, D=f32(D), z=z, out_dtype=u.dtype)[0]
 
 
 def triton_scan_core(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:

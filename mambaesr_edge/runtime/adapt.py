@@ -8,6 +8,12 @@ and returned to the caller, so users see why the runtime did what it did.
   estimated working set (``estimate_tile_bytes``) fits in half the memory actually free (CUDA:
   ``torch.cuda.mem_get_info``; CPU: MemAvailable from /proc/meminfo, psutil, or ``os.sysconf``), capped by the
   profile's ``memory_budget_mib``. A backend with a fixed input shape fixes the tile.
+  On a GPU that tiles on the device (torch on CUDA) the caller passes the model's *measured* peak bytes per LR pixel
+  (``device_tiling.measure_bytes_per_pixel``): the tile is then ``GPU_TILE`` and the batch the largest power of two
+  up to ``GPU_MAX_BATCH`` whose ``GPU_SAFETY`` x measured working set fits the same budget, so a whole frame's
+  tiles go through the network in one or a few calls. Not whole frames: the scan runs one sequence per (image,
+  channel block) program, so one long sequence leaves most SMs idle (a 960x540 frame is 518,400 sequential steps
+  per program; its tiles in one batch are hundreds of programs of 16,384 steps).
 * Out of memory (``shrink_after_oom``): halve the batch down to 1, then halve the tile down to ``MIN_TILE``; only
   then give up with ``BackendOutOfMemoryError``. Shrinking applies to the call (or stream) that hit it: the
   ``Upscaler`` keeps no state between calls, so results never depend on what another thread did.
@@ -38,6 +44,7 @@ __all__ = [
     "choose_settings",
     "estimate_tile_bytes",
     "free_memory_bytes",
+    "gpu_batch",
     "is_out_of_memory",
     "record",
     "shrink_after_oom",
@@ -48,7 +55,10 @@ log = logging.getLogger(__name__)
 MIN_TILE = 16
 TILE_CANDIDATES = (256, 192, 128, 96, 64, 48, 32, 16)
 DEFAULT_OVERLAP = 16
-PRECISIONS = ("fp32", "fp16")
+GPU_TILE = 128  # LR tile on a device-tiling GPU: a 960x540 frame is 45 tiles (x1.42 pixels with overlap 16)
+GPU_MAX_BATCH = 256  # tiles per network call on a GPU: every tile of a 1920x1080 LR frame (170 at GPU_TILE)
+GPU_SAFETY = 2.0  # measured peak bytes per pixel x this (allocator fragmentation, blend buffers, cuBLAS workspaces)
+PRECISIONS = ("fp32", "fp16", "bf16")  # bf16: the torch backend on CUDA only
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,16 @@ def _fits(tile: int, batch: int, budget: int | None, model_dims: dict) -> bool:
     return budget is None or estimate_tile_bytes((tile, tile), batch, **model_dims) <= budget
 
 
+def gpu_batch(bytes_per_pixel: float, budget: int | None) -> int:
+    """Largest power of two <= GPU_MAX_BATCH of GPU_TILE tiles whose GPU_SAFETY x measured working set fits
+    ``budget`` (None: unknown, GPU_MAX_BATCH); 0 when not even one tile fits."""
+    per_tile = GPU_SAFETY * bytes_per_pixel * GPU_TILE * GPU_TILE
+    batch = GPU_MAX_BATCH
+    while batch >= 1 and budget is not None and batch * per_tile > budget:
+        batch //= 2
+    return batch
+
+
 @dataclass(frozen=True)
 class ConfiguredDefaults:
     """The start-up values a device profile or an export bundle sets (None: it sets none) and where they come from;
@@ -157,8 +177,12 @@ def choose_settings(
     free_bytes: int | None = None,
     model_dims: dict | None = None,
     decisions: list[Decision] | None = None,
+    bytes_per_pixel: float | None = None,
 ) -> TileSettings:
-    """Settings for start-up. ``tile=0`` means the whole image; None means choose. Pure given ``free_bytes``."""
+    """Settings for start-up. ``tile=0`` means the whole image; None means choose. Pure given ``free_bytes``.
+
+    ``bytes_per_pixel``: the model's measured peak memory per LR pixel on a device-tiling GPU (None elsewhere):
+    chosen tiles are then ``GPU_TILE`` in batches sized from it (``gpu_batch``)."""
     dims = model_dims or {}
     configured = defaults or ConfiguredDefaults(source="")
     budget = free_bytes // 2 if free_bytes is not None else None
@@ -168,7 +192,7 @@ def choose_settings(
     chosen_batch = batch or configured.batch or 1
     chosen_precision = precision or configured.precision or "fp32"
     if chosen_precision not in PRECISIONS:
-        raise RuntimeConfigError(f"precision must be fp32 or fp16, got {chosen_precision!r}", hint="use --fp32 or --fp16")
+        raise RuntimeConfigError(f"precision must be fp32, fp16 or bf16, got {chosen_precision!r}", hint="use --fp32 or --fp16")
     if fixed_input_hw is not None:
         if tile not in (None, 0) and (tile, tile) != tuple(fixed_input_hw):
             record(decisions, Decision("startup", f"tile {tile} -> {fixed_input_hw[0]}x{fixed_input_hw[1]}", "the model has a fixed input shape"))
@@ -180,6 +204,15 @@ def choose_settings(
     elif configured.tile:
         tile_hw = (configured.tile, configured.tile)
         record(decisions, Decision("startup", f"tile {configured.tile}", f"from {configured.source}"))
+    elif bytes_per_pixel is not None and gpu_batch(bytes_per_pixel, budget) >= 1:
+        tile_hw = (GPU_TILE, GPU_TILE)
+        fitted = gpu_batch(bytes_per_pixel, budget)
+        chosen_batch = batch or fitted
+        free_txt = f"{free_bytes / 2**20:.0f} MiB free" if free_bytes is not None else "free memory unknown"
+        reason = (f"GPU default: {GPU_SAFETY:g} x the measured {bytes_per_pixel / 1024:.1f} KiB per LR pixel x batch {fitted} "
+                  f"fits in half of {free_txt}")
+        record(decisions, Decision("startup", f"tile {GPU_TILE}, batch {chosen_batch}", reason))
+        batch = chosen_batch  # fixed here: the loop below is for the estimated (CPU) working set
     else:
         fitting = [t for t in TILE_CANDIDATES if _fits(t, chosen_batch, budget, dims)] or [MIN_TILE]
         tile_hw = (fitting[0], fitting[0])

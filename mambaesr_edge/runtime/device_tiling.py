@@ -22,7 +22,10 @@ import torch
 from ..errors import ConfigError
 from .tiling import TilePlan, axis_windows
 
-__all__ = ["pad_tensor", "tiled_apply_tensor"]
+__all__ = ["PROBE_BATCH", "PROBE_TILE", "measure_bytes_per_pixel", "pad_tensor", "tiled_apply_tensor"]
+
+PROBE_TILE = 64  # LR side of the tiles of the memory probe
+PROBE_BATCH = 4  # tiles per probe call: 16,384 LR pixels, so fixed allocations weigh little but still count
 
 
 def pad_tensor(image: torch.Tensor, plan: TilePlan) -> torch.Tensor:
@@ -76,3 +79,23 @@ def tiled_apply_tensor(
         h, w = plan.image_hw[0] * s, plan.image_hw[1] * s
         crop = acc[:, top : top + h, left : left + w]  # (C+1, s*H, s*W)
         return crop[:channels] / crop[channels]  # (C, s*H, s*W)
+
+
+def measure_bytes_per_pixel(run_tensor: Callable[[torch.Tensor], torch.Tensor], device: str) -> float:
+    """Peak CUDA memory per LR pixel of one network call (inputs, activations, output), measured by running
+    ``run_tensor`` on a (PROBE_BATCH, 3, PROBE_TILE, PROBE_TILE) batch: the peak allocated above what was allocated
+    before, divided by the batch's pixels. Activations scale with the pixels, so this is what a larger batch needs
+    per pixel (fixed buffers included: an overestimate). It is also the first call, so Triton compiles here."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        raise ValueError(f"measure_bytes_per_pixel needs a CUDA device, got {device}")
+    x = torch.rand(PROBE_BATCH, 3, PROBE_TILE, PROBE_TILE, generator=torch.Generator().manual_seed(0)).to(dev)  # (n, 3, t, t)
+    run_tensor(x)  # warm-up: compiles, cuBLAS/cuDNN workspaces exist before the measured call
+    torch.cuda.synchronize(dev)
+    base = torch.cuda.memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    out = run_tensor(x)  # (n, 3, s*t, s*t)
+    torch.cuda.synchronize(dev)
+    peak = torch.cuda.max_memory_allocated(dev) - base
+    del out
+    return max(peak, 1) / float(PROBE_BATCH * PROBE_TILE * PROBE_TILE)

@@ -17,7 +17,7 @@ from ..errors import ImageError
 from ..metrics import imresize
 from .errors import RuntimeConfigError
 
-__all__ = ["CHANNEL_ORDERS", "Prepared", "postprocess", "preprocess"]
+__all__ = ["CHANNEL_ORDERS", "Prepared", "colour_tensor", "postprocess", "preprocess", "unit_tensor"]
 
 CHANNEL_ORDERS = ("rgb", "bgr")
 _PEAK = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -91,9 +91,17 @@ def _colour(sr: np.ndarray, layout: str, dtype: np.dtype, channel_order: str) ->
     return np.ascontiguousarray(_from_unit(colour, dtype))
 
 
-def _colour_tensor(sr, layout: str, dtype: np.dtype, channel_order: str) -> np.ndarray:
-    """``_colour`` for a (3, s*H, s*W) float32 torch tensor, computed on its device with the same float32 arithmetic;
-    only the final image is copied to the host (uint8: a quarter of the float32 bytes)."""
+def _torch_dtype(dtype: np.dtype):
+    """The torch dtype of a numpy image dtype, or None for a float type torch lacks (e.g. longdouble)."""
+    import torch
+
+    return {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16, np.dtype(np.float16): torch.float16,
+            np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}.get(np.dtype(dtype))
+
+
+def colour_tensor(sr, layout: str, dtype: np.dtype, channel_order: str):
+    """``_colour`` for a (3, s*H, s*W) float32 torch tensor, computed on its device with the same float32 arithmetic:
+    the final image as a tensor on that device (its dtype must be one torch has: ``_torch_dtype``)."""
     import torch
 
     if layout in ("hw", "hw1"):
@@ -103,13 +111,30 @@ def _colour_tensor(sr, layout: str, dtype: np.dtype, channel_order: str) -> np.n
         unit = sr.permute(1, 2, 0)  # (s*H, s*W, 3)
         unit = unit.flip(-1) if channel_order == "bgr" else unit
     unit = unit.clamp(0.0, 1.0)
-    torch_dtype = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16, np.dtype(np.float16): torch.float16,
-                   np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}.get(np.dtype(dtype))
-    if torch_dtype is None:  # a float type torch lacks (e.g. longdouble): finish on the host
-        return np.ascontiguousarray(_from_unit(unit.cpu().numpy(), dtype))
     if dtype in _PEAK:
         unit = torch.round(unit * _PEAK[dtype])  # round half to even, as np.rint
-    return unit.to(torch_dtype).contiguous().cpu().numpy()
+    return unit.to(_torch_dtype(dtype)).contiguous()
+
+
+def _colour_tensor(sr, layout: str, dtype: np.dtype, channel_order: str) -> np.ndarray:
+    """``colour_tensor`` copied to the host: only the final image crosses (uint8: a quarter of the float32 bytes)."""
+    if _torch_dtype(dtype) is None:  # a float type torch lacks (e.g. longdouble): finish on the host
+        return _colour(sr.cpu().numpy(), layout, dtype, channel_order)
+    return colour_tensor(sr, layout, dtype, channel_order).cpu().numpy()
+
+
+def unit_tensor(frame, channel_order: str = "rgb"):
+    """``preprocess``'s colour conversion on the device: a (H, W, 3) uint8 torch tensor -> (3, H, W) float32 RGB in
+    [0, 1], the same float32 division as ``_to_unit`` (bit-identical)."""
+    import torch
+
+    if frame.dtype != torch.uint8 or frame.dim() != 3 or frame.shape[2] != 3:
+        raise ImageError(f"expected an HxWx3 uint8 frame, got {tuple(frame.shape)} {frame.dtype}", hint="pass uint8 RGB/BGR frames")
+    peak = torch.full((), _PEAK[np.dtype(np.uint8)], dtype=torch.float32, device=frame.device)  # a tensor, not a Python
+    unit = frame.to(torch.float32) / peak  # (H, W, 3); a Python scalar would let CUDA multiply by 1/255 (1 ulp off)
+    if check_channel_order(channel_order) == "bgr":
+        unit = unit.flip(-1)
+    return unit.permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
 def postprocess(sr, prepared: Prepared, scale: int, channel_order: str = "rgb") -> np.ndarray:

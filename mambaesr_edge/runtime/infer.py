@@ -50,13 +50,14 @@ log = logging.getLogger(__name__)
 
 BLACK_OUTPUT = 1e-3  # max |output| below this counts as black
 BLACK_INPUT = 0.02  # ... when the input's mean is above this
+REDUCED = ("fp16", "bf16")  # precisions checked for black output and re-run on the fp32 fallback
 
 
 def check_output(batch_in: np.ndarray, batch_out: np.ndarray, precision: str) -> str | None:
     """Why this output is unusable ("nan", "black"), or None."""
     if not np.isfinite(batch_out).all():
         return "nan"
-    if precision == "fp16" and float(np.abs(batch_out).max(initial=0.0)) < BLACK_OUTPUT and float(batch_in.mean()) > BLACK_INPUT:
+    if precision in REDUCED and float(np.abs(batch_out).max(initial=0.0)) < BLACK_OUTPUT and float(batch_in.mean()) > BLACK_INPUT:
         return "black"
     return None
 
@@ -67,7 +68,7 @@ def check_output_tensor(batch_in, batch_out, precision: str) -> str | None:
 
     if not bool(torch.isfinite(batch_out).all()):
         return "nan"
-    if precision == "fp16" and float(batch_out.abs().max()) < BLACK_OUTPUT and float(batch_in.mean()) > BLACK_INPUT:
+    if precision in REDUCED and float(batch_out.abs().max()) < BLACK_OUTPUT and float(batch_in.mean()) > BLACK_INPUT:
         return "black"
     return None
 
@@ -106,8 +107,8 @@ def run_checked(backend: Backend, fallback: Backend | None, batch, precision: st
     problem = check(batch, out, precision)
     if problem is None:
         return out
-    if precision == "fp16" and fallback is not None:
-        record(decisions, Decision("fp16", "re-ran a batch in fp32", f"fp16 output was {problem}"), logging.WARNING)
+    if precision in REDUCED and fallback is not None:
+        record(decisions, Decision("fp16", "re-ran a batch in fp32", f"{precision} output was {problem}"), logging.WARNING)
         out = _run(fallback, batch)
         if check(batch, out, "fp32") is None:
             return out
@@ -173,6 +174,8 @@ def upscale(
 ):
     """Upscale a float32 (3, H, W) RGB image in [0, 1]; returns ((3, s*H, s*W) float32 unclamped, settings used).
 
+    ``image``: numpy, or for a ``tensor_io`` backend a float32 tensor already on its device.
+
     The result is a torch tensor on the backend's device for a ``tensor_io`` backend (tiled and blended there,
     ``on_device``), else a numpy array (tiled and blended on the host). Out-of-memory errors shrink batch then tile
     (``adapt.shrink_after_oom``) and retry the whole image.
@@ -185,7 +188,10 @@ def upscale(
 
         from .device_tiling import tiled_apply_tensor
 
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(info.device)  # (3, H, W)
+        if isinstance(image, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(info.device)  # (3, H, W)
+        else:  # already on the device (the CUDA stream pipeline converted the uint8 frame there)
+            x = image  # (3, H, W) float32
 
         def attempt(plan: TilePlan, settings: TileSettings):
             def run(tiles):  # (n, 3, th, tw) on the device -> (n, 3, s*th, s*tw) there, checked
@@ -193,6 +199,8 @@ def upscale(
 
             return tiled_apply_tensor(x, run, plan, scale=info.scale, blend=settings.blend, batch_size=_batch_size(backend, settings))
     else:
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"the {info.name} backend takes numpy images, got {type(image).__name__}")
 
         def attempt(plan: TilePlan, settings: TileSettings):
             outputs = _tile_outputs(backend, fallback, pad_image(image, plan), plan, settings, decisions)

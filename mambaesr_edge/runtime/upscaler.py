@@ -3,7 +3,7 @@
     up = Upscaler.from_path("bundle/")                 # or weights / .onnx / .engine / None (shipped default)
     up = Upscaler.from_profile("orin-nano", "bundle/") # tile, overlap, batch, precision, backend from the profile
     big = up(image)                                    # numpy HWC uint8/uint16/float, RGB (channel_order="rgb")
-    for frame in up.stream(frames, target_fps=30): ... # threaded pipeline, order kept
+    for frame in up.stream(frames, target_fps=30): ... # threaded pipeline, order kept (CUDA: overlapped copies)
 
 Channel order: "rgb" by default (Pillow, ``images.load_image``); pass ``channel_order="bgr"`` for OpenCV frames.
 Grayscale in -> grayscale out (run as RGB), RGBA -> RGBA (alpha upscaled with bicubic), uint16 -> uint16.
@@ -82,17 +82,19 @@ class Upscaler:
         self.fallback = fallback
         self.scale = int(info.scale)
         self.channel_order = check_channel_order(channel_order)
+        defaults = configured_defaults(profile)
         self.settings: TileSettings = choose_settings(
             tile=tile,
             overlap=overlap,
             batch=batch,
             precision=info.precision,
             blend=blend,
-            defaults=configured_defaults(profile),
+            defaults=defaults,
             fixed_input_hw=info.input_hw,
             free_bytes=measured,
             model_dims=_model_dims(info),
             decisions=startup,
+            bytes_per_pixel=_gpu_bytes_per_pixel(backend, tile, defaults),
         )
         self.settings = _fit_token_limit(self.settings, info.max_tokens, startup)
         self.startup_decisions: tuple[Decision, ...] = tuple(startup)
@@ -126,7 +128,7 @@ class Upscaler:
         options = dict(preset=preset, scan_impl=scan_impl, param_key=param_key, threads=threads)
         main = open_planned(source, plan, **options)
         fallback = None  # a plain .onnx or engine runs in the precision it was built in: it has no twin
-        if plan.precision == "fp16" and isinstance(main, TorchBackend):
+        if plan.precision in ("fp16", "bf16") and isinstance(main, TorchBackend):
             fallback = main.with_precision("fp32")
         elif plan.precision == "fp16" and source.kind == SourceKind.BUNDLE:  # the bundle's fp32 graph
             ort_device = plan.device if main.info.name == "onnxruntime" or cuda_usable("onnxruntime") else "cpu"
@@ -166,18 +168,35 @@ class Upscaler:
         pace: bool = False,
         indexed: bool = False,
     ) -> FrameStream:
-        """Iterator of upscaled frames, pipelined on threads (see ``runtime.stream``)."""
+        """Iterator of upscaled frames, pipelined on threads (see ``runtime.stream``); with a torch backend on CUDA the
+        stages also overlap on the GPU (upload, compute, download on their own CUDA streams: ``runtime.cuda_stream``)."""
         order = self.channel_order
 
-        def infer(prepared, settings: TileSettings, index: int, decisions: list[Decision]):
-            out, used = upscale(self.backend, prepared.rgb, settings, fallback=self.fallback, decisions=decisions, frame=index)
-            return (out, prepared), used
+        def run(rgb, settings: TileSettings, index: int, decisions: list[Decision]):
+            return upscale(self.backend, rgb, settings, fallback=self.fallback, decisions=decisions, frame=index)
+
+        if self.backend.info.tensor_io and self.backend.info.on_cuda:
+            from .cuda_stream import CudaFramePipe
+
+            pipe = CudaFramePipe(self.backend.info.device, order, self.scale, run, buffers=max(1, queue_size) + 1)
+            prepare, infer, finish = pipe.prepare, pipe.infer, pipe.finish
+        else:
+
+            def infer(prepared, settings: TileSettings, index: int, decisions: list[Decision]):
+                out, used = run(prepared.rgb, settings, index, decisions)
+                return (out, prepared), used
+
+            def prepare(frame):
+                return preprocess(frame, order)
+
+            def finish(pair):
+                return postprocess(pair[0], pair[1], self.scale, order)
 
         return FrameStream(
             frames,
-            prepare=lambda frame: preprocess(frame, order),
+            prepare=prepare,
             infer=infer,
-            finish=lambda pair: postprocess(pair[0], pair[1], self.scale, order),
+            finish=finish,
             settings=self.settings,
             target_fps=target_fps,
             allow_drop=allow_drop,
@@ -200,6 +219,17 @@ def configured_defaults(profile: DeviceProfile | Bundle | None) -> ConfiguredDef
     if isinstance(profile, Bundle):
         return ConfiguredDefaults("the export bundle", profile.tile, profile.overlap, profile.batch, profile.precision)
     return None
+
+
+def _gpu_bytes_per_pixel(backend: Backend, tile: int | None, defaults: ConfiguredDefaults | None) -> float | None:
+    """The measured peak bytes per LR pixel when the start-up settings are chosen for a device-tiling GPU (torch on
+    CUDA, no tile asked for, none from the profile or bundle); None otherwise (the CPU path is unchanged)."""
+    info = backend.info
+    if not (info.tensor_io and info.on_cuda) or tile is not None or (defaults is not None and defaults.tile) or info.input_hw:
+        return None
+    from .device_tiling import measure_bytes_per_pixel
+
+    return measure_bytes_per_pixel(backend.run_tensor, info.device)
 
 
 def _fit_token_limit(settings: TileSettings, max_tokens: int | None, decisions: list[Decision]) -> TileSettings:

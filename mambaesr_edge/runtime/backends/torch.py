@@ -1,6 +1,7 @@
-"""PyTorch backend: the ``MambaSR`` module on CPU or CUDA, any scan implementation, optional fp16 on CUDA.
+"""PyTorch backend: the ``MambaSR`` module on CPU or CUDA, any scan implementation, optional fp16 or bf16 on CUDA.
 
-fp16 uses ``torch.autocast`` (weights stay fp32; LayerNorm and the scan run in fp32, matmuls/convs in fp16).
+fp16/bf16 use ``torch.autocast`` (weights stay fp32; LayerNorm and the scan's maths and state run in fp32,
+matmuls/convs in fp16/bf16; the Triton scan reads and writes the activations in that dtype).
 A module in eval mode under ``inference_mode`` keeps no state between calls, so one backend serves many threads.
 ``run_tensor`` takes and returns tensors on the backend's device: the runtime then cuts tiles, blends and converts
 the image there (runtime/device_tiling.py, ``frames.postprocess``) instead of copying every output tile to the host.
@@ -17,7 +18,9 @@ import numpy as np
 from ..errors import BackendError, RuntimeConfigError
 from .base import BackendInfo
 
-__all__ = ["TorchBackend"]
+__all__ = ["AUTOCAST_DTYPES", "TorchBackend"]
+
+AUTOCAST_DTYPES = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}  # precision -> torch.autocast dtype (name)
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +40,13 @@ class TorchBackend:
 
         from ...scan import resolve_impl
 
-        if precision not in ("fp32", "fp16"):
-            raise RuntimeConfigError(f"precision must be fp32 or fp16, got {precision!r}", hint="use --fp32 or --fp16")
+        if precision not in AUTOCAST_DTYPES:
+            raise RuntimeConfigError(f"precision must be fp32, fp16 or bf16, got {precision!r}", hint="use --fp32 or --fp16")
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise BackendError("CUDA was asked for but torch sees no CUDA GPU", hint="use --backend torch on cpu, or install a CUDA build of torch")
-        if precision == "fp16" and dev.type != "cuda":
-            raise RuntimeConfigError("fp16 with the torch backend needs CUDA", hint="use --fp32 on CPU (fp16 is slower there)")
+        if precision != "fp32" and dev.type != "cuda":
+            raise RuntimeConfigError(f"{precision} with the torch backend needs CUDA", hint="use --fp32 on CPU (fp16 is slower there)")
         self.model = model.to(dev).eval()
         self.device = dev
         self.scan_impl = scan_impl
@@ -88,9 +91,8 @@ class TorchBackend:
         """
         import torch
 
-        autocast = (
-            torch.autocast("cuda", dtype=torch.float16) if self.info.precision == "fp16" else contextlib.nullcontext()
-        )
+        amp = AUTOCAST_DTYPES[self.info.precision]
+        autocast = torch.autocast("cuda", dtype=getattr(torch, amp)) if amp else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             y = self.model(x, scan_impl=self.scan_impl)  # (N, 3, s*h, s*w)
         return y.float()
