@@ -86,6 +86,26 @@ def test_scan_library_compiles_for_orin_and_hopper(tmp_path):
     assert loaded.mambaesr_scan_abi_version() == 1
 
 
+VARIANTS_SOURCE = Path(__file__).parent.parent / "tools" / "scan_variants.cu"
+
+
+@pytest.mark.slow
+def test_variant_library_compiles_for_ampere(tmp_path):
+    """tools/scan_variants.cu (every kernel variant, split passes, cp.async and two-channel kernels included) builds
+    for sm_80, the oldest arch with cp.async, and lists its variants, the committed launcher first."""
+    nvcc = _nvcc_or_skip()
+    library = tmp_path / "libscan_variants.so"
+    native_build.build(native_build.scan_library_command(library, ["8.0"], nvcc=nvcc, source=VARIANTS_SOURCE), library)
+    loaded = ctypes.CDLL(str(library))
+    loaded.mambaesr_scan_variant_name.restype = ctypes.c_char_p
+    loaded.mambaesr_scan_variant_name.argtypes = [ctypes.c_int32]
+    count = loaded.mambaesr_scan_variant_count()
+    names = [loaded.mambaesr_scan_variant_name(i).decode() for i in range(count)]
+    assert names[0] == "launcher" and len(set(names)) == count
+    assert {name.split()[0] for name in names[1:]} == {"whole", "split", "async", "pair"}
+    assert loaded.mambaesr_scan_variant_name(count) is None
+
+
 @pytest.mark.data
 def test_plugin_interface_through_the_harness(plugin_kit):
     """Creator identity and fields as documented; serialisation round trip, output shapes (stub IExprBuilder), format

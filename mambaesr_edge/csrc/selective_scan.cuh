@@ -32,6 +32,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <algorithm>
+
 namespace mambaesr {
 
 enum ScanDType : int32_t { kScanFloat32 = 0, kScanFloat16 = 1 };
@@ -52,6 +54,25 @@ struct ScanParams {
     void* y;
     int64_t u_stride[3], delta_stride[3], A_stride[2], B_stride[3], C_stride[3], z_stride[3], y_stride[3];
 };
+
+// L split into segments, for small batches (batch x channel blocks fewer than the GPU holds): S segments per (batch
+// row, channel block) run as S blocks in two launches. Pass 1 (kPassEndState) runs each segment but the last from a
+// zero state, without C, z or y, and writes its end state H (batch, S, dim, N) and its sum of delta' Sd (batch, S,
+// dim) to `workspace` (the segment's decay product is exp2(A log2(e) Sd)). Pass 2 (kPassReplay) folds the preceding
+// segments into its incoming state, h = exp2(A log2(e) Sd_s) h + H_s for s < its own, then runs its chunks as the
+// single-pass kernel does. Cost: pass 1 is about half a pass (no replay), so 1.5x the arithmetic of one pass, spread
+// over S times as many blocks; the critical path shrinks from n_chunks chunks to about 1.5 n_chunks / S.
+enum ScanPass { kPassWhole = 0, kPassEndState = 1, kPassReplay = 2 };
+
+struct SegmentArgs {
+    int32_t segments;            // S (1: the whole L in one block, kPassWhole)
+    int32_t chunks_per_segment;  // chunks of one segment (the last may have fewer)
+    float* workspace;            // H then Sd, as above; null for kPassWhole
+};
+
+inline size_t segment_workspace_floats(int batch, int dim, int n_state, int segments) {
+    return size_t(batch) * segments * dim * (n_state + 1);
+}
 
 constexpr int kLanes = 16;                                // lanes per channel (a half-warp)
 constexpr int kMaxChannelsPerBlock = 16;                  // 8 warps
@@ -85,15 +106,18 @@ __device__ __forceinline__ float silu(float x) { return __fdividef(x, 1.0f + __e
 // contiguous dimension.
 __device__ __forceinline__ bool token_fast(int64_t const* stride) { return stride[2] == 1 || stride[1] != 1; }
 
-// The walk of a kCpb x kChunk tile by the block's kCpb * kLanes threads: element k (0 .. kItems-1) of this thread is
-// row base_row + row_step(k), token base_tok + tok_step(k), with the steps compile-time constants, so one address
-// and one shared-memory slot per thread and tensor serve all k. Token-fast walks give consecutive threads consecutive
-// tokens; channel-fast walks keep one row per thread and give consecutive threads consecutive rows.
-template <int kItems, int kCpb>
+// The walk of a kCpb x kChunk tile by the block's kThreads threads (kCpb * kLanes, or half that when a half-warp
+// takes two channels): element k (0 .. kElems-1) of this thread is row base_row + row_step(k), token base_tok +
+// tok_step(k), with the steps compile-time constants, so one address and one shared-memory slot per thread and
+// tensor serve all k. Token-fast walks give consecutive threads consecutive tokens; channel-fast walks keep one row
+// per thread and give consecutive threads consecutive rows.
+template <int kItems, int kCpb, int kThreadCount = kCpb * kLanes>
 struct TileWalk {
     static constexpr int kChunk = kLanes * kItems;
-    static constexpr int kThreads = kCpb * kLanes;
+    static constexpr int kThreads = kThreadCount;
+    static constexpr int kElems = kCpb * kChunk / kThreads;  // elements of the tile per thread (kItems: one channel a half-warp)
     static_assert(kLanes % kItems == 0 && (kCpb & (kCpb - 1)) == 0, "kItems divides 16; kCpb a power of two");
+    static_assert((kThreads / kCpb) % kItems == 0 && kThreads % kItems == 0, "token steps keep column() a constant shift");
     int row, tok;   // this thread's first element
     bool tok_fast;
 
@@ -111,7 +135,7 @@ struct TileWalk {
         return tok_fast ? (k * kThreads) / kChunk : 0;
     }
     __device__ __forceinline__ int tok_step(int k) const {
-        return tok_fast ? (k * kThreads) % kChunk : k * kLanes;
+        return tok_fast ? (k * kThreads) % kChunk : k * (kThreads / kCpb);
     }
     // shared-memory slot of element k: row * kRow + column(tok), as an offset from slot(0) (a multiple of kItems is
     // added to tok, so column() moves by a constant)
@@ -131,15 +155,15 @@ __device__ __forceinline__ int64_t opaque(int64_t x) {
 
 // Loads this thread's share of rows [row0, row0 + kCpb) x tokens [t0, t0 + kChunk) of batch row b; zero outside
 // the tensor. Raw values: nothing uses them until store_tile, so the loads stay in flight meanwhile.
-template <typename T, int kItems, int kCpb>
-__device__ __forceinline__ void load_tile(T (&v)[kItems], T const* src, int64_t const* stride, int b, int row0,
-    int rows_total, int t0, int length) {
-    TileWalk<kItems, kCpb> const walk(token_fast(stride));
+template <typename T, int kItems, int kCpb, int kThreads = kCpb * kLanes>
+__device__ __forceinline__ void load_tile(T (&v)[TileWalk<kItems, kCpb, kThreads>::kElems], T const* src,
+    int64_t const* stride, int b, int row0, int rows_total, int t0, int length) {
+    TileWalk<kItems, kCpb, kThreads> const walk(token_fast(stride));
     int64_t const s1 = opaque(stride[1]), s2 = opaque(stride[2]);
     int const row = row0 + walk.row, tok = t0 + walk.tok;
     T const* base = src + b * stride[0] + row * s1 + tok * s2;
 #pragma unroll
-    for (int k = 0; k < kItems; ++k) {
+    for (int k = 0; k < walk.kElems; ++k) {
         int const dr = walk.row_step(k), dt = walk.tok_step(k);
         v[k] = (row + dr < rows_total && tok + dt < length) ? base[dr * s1 + dt * s2] : T(0.0f);
     }
@@ -149,13 +173,13 @@ enum TileOp { kPlain = 0, kDelta = 1, kSilu = 2 };
 
 // Writes what load_tile loaded into a shared-memory tile (row r at dst + r * kRow), transformed by Op. delta' is 0
 // outside the tensor (so padded tokens leave the state unchanged); bias holds the block's delta_bias (or zeros).
-template <typename T, int kItems, int kCpb, int Op>
-__device__ __forceinline__ void store_tile(float* dst, T const (&v)[kItems], int64_t const* stride, int row0,
-    int rows_total, int t0, int length, float const* bias, int softplus_on) {
-    TileWalk<kItems, kCpb> const walk(token_fast(stride));
+template <typename T, int kItems, int kCpb, int Op, int kThreads = kCpb * kLanes>
+__device__ __forceinline__ void store_tile(float* dst, T const (&v)[TileWalk<kItems, kCpb, kThreads>::kElems],
+    int64_t const* stride, int row0, int rows_total, int t0, int length, float const* bias, int softplus_on) {
+    TileWalk<kItems, kCpb, kThreads> const walk(token_fast(stride));
     float* base = dst + walk.base_slot();
 #pragma unroll
-    for (int k = 0; k < kItems; ++k) {
+    for (int k = 0; k < walk.kElems; ++k) {
         float x = to_float(v[k]);
         if (Op == kDelta) {
             int const r = walk.row + walk.row_step(k);
@@ -178,17 +202,20 @@ struct ChunkRegs {
     T u[kItems], dt[kItems], z[kItems], b[kItems], c[kItems];
 };
 
-template <typename T, int kItems, int kCpb>
+// kOutput false (pass 1 of a split L): z and C are not needed.
+template <typename T, int kItems, int kCpb, bool kOutput = true>
 __device__ __forceinline__ void load_chunk(ChunkRegs<T, kItems>& regs, ScanParams const& p, int b, int c0, int t0) {
     load_tile<T, kItems, kCpb>(regs.u, static_cast<T const*>(p.u), p.u_stride, b, c0, p.dim, t0, p.length);
     load_tile<T, kItems, kCpb>(regs.dt, static_cast<T const*>(p.delta), p.delta_stride, b, c0, p.dim, t0, p.length);
-    if (p.z != nullptr) load_tile<T, kItems, kCpb>(regs.z, static_cast<T const*>(p.z), p.z_stride, b, c0, p.dim, t0, p.length);
+    if (kOutput && p.z != nullptr) load_tile<T, kItems, kCpb>(regs.z, static_cast<T const*>(p.z), p.z_stride, b, c0, p.dim, t0, p.length);
     load_tile<T, kItems, kCpb>(regs.b, static_cast<T const*>(p.B), p.B_stride, b, 0, p.n_state, t0, p.length);
-    load_tile<T, kItems, kCpb>(regs.c, static_cast<T const*>(p.C), p.C_stride, b, 0, p.n_state, t0, p.length);
+    if (kOutput) load_tile<T, kItems, kCpb>(regs.c, static_cast<T const*>(p.C), p.C_stride, b, 0, p.n_state, t0, p.length);
 }
 
 // Steps (1) to (3) of the header for states n0 .. n0 + S - 1 of this lane's channel: S independent chains at once.
-template <int kItems, int S>
+// kReplay false (pass 1 of a split L): steps (1) and (2) only; the last lane's inclusive step applied to the carry is
+// the state at the chunk's end, and no y is accumulated.
+template <int kItems, int S, bool kReplay = true>
 __device__ __forceinline__ void scan_states(int n0, float const (&dt)[kItems], float const (&du)[kItems],
     float (&acc)[kItems], float dt_sum, float const* a_row, float const* s_b, float const* s_c, int col0,
     float const* carry_in, float* carry_out, int lane) {
@@ -220,19 +247,26 @@ __device__ __forceinline__ void scan_states(int n0, float const (&dt)[kItems], f
             }
         }
     }
+    if constexpr (!kReplay) {
 #pragma unroll
-    for (int s = 0; s < S; ++s) {
-        float const carry = carry_in[n0 + s];
-        // the state after this lane's last token; the next lane starts from it, lane 0 from the carry
-        float h = __shfl_up_sync(0xffffffffu, fmaf(prod[s], carry, h_local[s]), 1, kLanes);
-        if (lane == 0) h = carry;
-        float const* c_row = s_c + (n0 + s) * kRow + col0;
-#pragma unroll
-        for (int i = 0; i < kItems; ++i) {
-            h = fmaf(decay[s][i], h, drive[s][i]);
-            acc[i] = fmaf(h, c_row[i], acc[i]);
+        for (int s = 0; s < S; ++s) {
+            if (lane == kLanes - 1) carry_out[n0 + s] = fmaf(prod[s], carry_in[n0 + s], h_local[s]);
         }
-        if (lane == kLanes - 1) carry_out[n0 + s] = h;  // the state at the chunk's last token
+    } else {
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+            float const carry = carry_in[n0 + s];
+            // the state after this lane's last token; the next lane starts from it, lane 0 from the carry
+            float h = __shfl_up_sync(0xffffffffu, fmaf(prod[s], carry, h_local[s]), 1, kLanes);
+            if (lane == 0) h = carry;
+            float const* c_row = s_c + (n0 + s) * kRow + col0;
+#pragma unroll
+            for (int i = 0; i < kItems; ++i) {
+                h = fmaf(decay[s][i], h, drive[s][i]);
+                acc[i] = fmaf(h, c_row[i], acc[i]);
+            }
+            if (lane == kLanes - 1) carry_out[n0 + s] = h;  // the state at the chunk's last token
+        }
     }
 }
 
@@ -244,15 +278,17 @@ inline size_t scan_smem_bytes(int cpb, int n_state, int items, bool has_z) {
     return sizeof(float) * ((3 + (has_z ? 1 : 0)) * cpb * row + 2 * bc_rows * row + size_t(3) * cpb * n_state + cpb);
 }
 
-template <typename T, int kItems, int kCpb, bool kPrefetch, int kMinWarps>
-__global__ void __launch_bounds__(kCpb * kLanes, kMinWarps * 32 / (kCpb * kLanes)) selective_scan_fwd_kernel(ScanParams p) {
+template <typename T, int kItems, int kCpb, bool kPrefetch, int kMinWarps, int kPass = kPassWhole>
+__global__ void __launch_bounds__(kCpb * kLanes, kMinWarps * 32 / (kCpb * kLanes))
+selective_scan_fwd_kernel(ScanParams p, SegmentArgs seg) {
     using Shape = ChunkShape<kItems>;
     constexpr int kRow = Shape::kRow;
     constexpr int kChunk = Shape::kChunk;
+    constexpr bool kOutput = kPass != kPassEndState;  // pass 1 writes end states, not y
     extern __shared__ float smem[];
     int const n_state = p.n_state;
     int const bc_parts = (n_state + kCpb - 1) / kCpb;
-    bool const has_z = p.z != nullptr;
+    bool const has_z = kOutput && p.z != nullptr;
     float* s_u = smem;                              // (kCpb, kRow): u
     float* s_dt = s_u + kCpb * kRow;                // (kCpb, kRow): delta'
     float* s_y = s_dt + kCpb * kRow;                // (kCpb, kRow): y
@@ -263,17 +299,36 @@ __global__ void __launch_bounds__(kCpb * kLanes, kMinWarps * 32 / (kCpb * kLanes
     float* s_bias = s_carry + 2 * kCpb * n_state;   // (kCpb): delta_bias
     float* s_z = s_bias + kCpb;                     // (kCpb, kRow): silu(z), when z is given
 
+    // block index = (batch row * S + segment) * channel blocks + channel block (S = 1: as the unsplit kernel)
     int const n_cblocks = (p.dim + kCpb - 1) / kCpb;
-    int const b = blockIdx.x / n_cblocks;
-    int const c0 = (blockIdx.x - b * n_cblocks) * kCpb;
+    int const segments = kPass == kPassWhole ? 1 : seg.segments;  // compile-time 1 for the one-pass kernel
+    int const row_seg = blockIdx.x / n_cblocks;
+    int const b = row_seg / segments;
+    int const segment = row_seg - b * segments;
+    int const c0 = (blockIdx.x - row_seg * n_cblocks) * kCpb;
     int const local_c = threadIdx.x / kLanes;       // this half-warp's channel within the block
     int const lane = threadIdx.x % kLanes;          // j: owns tokens lane*kItems .. + kItems - 1 of each chunk
     int const channel = c0 + local_c;
+    int const n_chunks = (p.length + kChunk - 1) / kChunk;
+    if (kPass == kPassEndState && segment == segments - 1) return;  // nothing follows the last segment
+    int const k_begin = kPass == kPassWhole ? 0 : segment * seg.chunks_per_segment;
+    int const k_end = kPass == kPassWhole ? n_chunks : min(n_chunks, k_begin + seg.chunks_per_segment);
+    float const* ws_end = seg.workspace;                                                   // (batch, S, dim, N)
+    float const* ws_sum = seg.workspace + size_t(p.batch) * seg.segments * p.dim * n_state;  // (batch, S, dim)
 
     for (int idx = threadIdx.x; idx < kCpb * n_state; idx += blockDim.x) {
         int const c = idx / n_state, n = idx - c * n_state;
-        s_a[idx] = (c0 + c < p.dim) ? p.A[(c0 + c) * p.A_stride[0] + n * p.A_stride[1]] * 1.4426950408889634f : 0.0f;
-        s_carry[idx] = 0.0f;
+        float const a = (c0 + c < p.dim) ? p.A[(c0 + c) * p.A_stride[0] + n * p.A_stride[1]] * 1.4426950408889634f : 0.0f;
+        s_a[idx] = a;
+        float h = 0.0f;
+        if (kPass == kPassReplay && c0 + c < p.dim) {
+            // the state entering this segment: the preceding segments' (decay, end state) folded in order
+            for (int s = 0; s < segment; ++s) {
+                size_t const row = (size_t(b) * seg.segments + s) * p.dim + c0 + c;
+                h = fmaf(fast_exp2(a * ws_sum[row]), h, ws_end[row * n_state + n]);
+            }
+        }
+        s_carry[idx] = h;
     }
     if (threadIdx.x < kCpb) {
         s_bias[threadIdx.x] = (p.delta_bias != nullptr && c0 + int(threadIdx.x) < p.dim) ? p.delta_bias[c0 + threadIdx.x] : 0.0f;
@@ -281,28 +336,28 @@ __global__ void __launch_bounds__(kCpb * kLanes, kMinWarps * 32 / (kCpb * kLanes
     float const d_skip = (p.D != nullptr && channel < p.dim) ? p.D[channel] : 0.0f;
     __syncthreads();
 
-    int const n_chunks = (p.length + kChunk - 1) / kChunk;
     ChunkRegs<T, kItems> regs;
-    if (kPrefetch) load_chunk<T, kItems, kCpb>(regs, p, b, c0, 0);
+    float dt_total = 0.0f;  // pass 1: this lane's sum of delta' over the segment
+    if (kPrefetch && k_begin < k_end) load_chunk<T, kItems, kCpb, kOutput>(regs, p, b, c0, k_begin * kChunk);
 #pragma unroll 1
-    for (int k = 0; k < n_chunks; ++k) {
+    for (int k = k_begin; k < k_end; ++k) {
         int const t0 = k * kChunk;
-        if (!kPrefetch) load_chunk<T, kItems, kCpb>(regs, p, b, c0, t0);
+        if (!kPrefetch) load_chunk<T, kItems, kCpb, kOutput>(regs, p, b, c0, t0);
         store_tile<T, kItems, kCpb, kPlain>(s_u, regs.u, p.u_stride, c0, p.dim, t0, p.length, nullptr, 0);
         store_tile<T, kItems, kCpb, kDelta>(s_dt, regs.dt, p.delta_stride, c0, p.dim, t0, p.length, s_bias, p.delta_softplus);
         if (has_z) store_tile<T, kItems, kCpb, kSilu>(s_z, regs.z, p.z_stride, c0, p.dim, t0, p.length, nullptr, 0);
         store_tile<T, kItems, kCpb, kPlain>(s_b, regs.b, p.B_stride, 0, n_state, t0, p.length, nullptr, 0);
-        store_tile<T, kItems, kCpb, kPlain>(s_c, regs.c, p.C_stride, 0, n_state, t0, p.length, nullptr, 0);
+        if (kOutput) store_tile<T, kItems, kCpb, kPlain>(s_c, regs.c, p.C_stride, 0, n_state, t0, p.length, nullptr, 0);
 #pragma unroll 1
         for (int part = 1; part < bc_parts; ++part) {  // N > kCpb: the other states of B and C
             int const row0 = part * kCpb;
             load_tile<T, kItems, kCpb>(regs.b, static_cast<T const*>(p.B), p.B_stride, b, row0, n_state, t0, p.length);
-            load_tile<T, kItems, kCpb>(regs.c, static_cast<T const*>(p.C), p.C_stride, b, row0, n_state, t0, p.length);
+            if (kOutput) load_tile<T, kItems, kCpb>(regs.c, static_cast<T const*>(p.C), p.C_stride, b, row0, n_state, t0, p.length);
             store_tile<T, kItems, kCpb, kPlain>(s_b + row0 * kRow, regs.b, p.B_stride, row0, n_state, t0, p.length, nullptr, 0);
-            store_tile<T, kItems, kCpb, kPlain>(s_c + row0 * kRow, regs.c, p.C_stride, row0, n_state, t0, p.length, nullptr, 0);
+            if (kOutput) store_tile<T, kItems, kCpb, kPlain>(s_c + row0 * kRow, regs.c, p.C_stride, row0, n_state, t0, p.length, nullptr, 0);
         }
         __syncthreads();
-        if (kPrefetch && k + 1 < n_chunks) load_chunk<T, kItems, kCpb>(regs, p, b, c0, t0 + kChunk);
+        if (kPrefetch && k + 1 < k_end) load_chunk<T, kItems, kCpb, kOutput>(regs, p, b, c0, t0 + kChunk);
 
         float dt[kItems], du[kItems], acc[kItems];
         float dt_sum = 0.0f;
@@ -316,35 +371,52 @@ __global__ void __launch_bounds__(kCpb * kLanes, kMinWarps * 32 / (kCpb * kLanes
             acc[i] = 0.0f;
             dt_sum += dt[i];
         }
-        float const* carry_in = s_carry + (k & 1) * kCpb * n_state + local_c * n_state;
-        float* carry_out = s_carry + ((k + 1) & 1) * kCpb * n_state + local_c * n_state;
+        dt_total += dt_sum;
+        float const* carry_in = s_carry + ((k - k_begin) & 1) * kCpb * n_state + local_c * n_state;
+        float* carry_out = s_carry + ((k - k_begin + 1) & 1) * kCpb * n_state + local_c * n_state;
         float const* a_row = s_a + local_c * n_state;
         int n = 0;
 #pragma unroll 1
         for (; n + 2 <= n_state; n += 2) {
-            scan_states<kItems, 2>(n, dt, du, acc, dt_sum, a_row, s_b, s_c, col0, carry_in, carry_out, lane);
+            scan_states<kItems, 2, kOutput>(n, dt, du, acc, dt_sum, a_row, s_b, s_c, col0, carry_in, carry_out, lane);
         }
-        if (n < n_state) scan_states<kItems, 1>(n, dt, du, acc, dt_sum, a_row, s_b, s_c, col0, carry_in, carry_out, lane);
+        if (n < n_state) scan_states<kItems, 1, kOutput>(n, dt, du, acc, dt_sum, a_row, s_b, s_c, col0, carry_in, carry_out, lane);
 
-        float* row_y = s_y + local_c * kRow + col0;
-        float const* row_z = s_z + local_c * kRow + col0;
+        if (kOutput) {
+            float* row_y = s_y + local_c * kRow + col0;
+            float const* row_z = s_z + local_c * kRow + col0;
 #pragma unroll
-        for (int i = 0; i < kItems; ++i) {
-            float v = fmaf(d_skip, row_u[i], acc[i]);
-            if (has_z) v *= row_z[i];
-            row_y[i] = v;
+            for (int i = 0; i < kItems; ++i) {
+                float v = fmaf(d_skip, row_u[i], acc[i]);
+                if (has_z) v *= row_z[i];
+                row_y[i] = v;
+            }
         }
         __syncthreads();
-        // y (the rows of s_y) with the same coalesced walk as the loads; the next chunk's staging does not touch s_y
-        TileWalk<kItems, kCpb> const walk(token_fast(p.y_stride));
-        int64_t const s1 = opaque(p.y_stride[1]), s2 = opaque(p.y_stride[2]);
-        int const row = c0 + walk.row, tok = t0 + walk.tok;
-        T* y_base = static_cast<T*>(p.y) + b * p.y_stride[0] + row * s1 + tok * s2;
-        float const* y_tile = s_y + walk.base_slot();
+        if (kOutput) {
+            // y (the rows of s_y) with the same coalesced walk as the loads; the next chunk's staging does not touch s_y
+            TileWalk<kItems, kCpb> const walk(token_fast(p.y_stride));
+            int64_t const s1 = opaque(p.y_stride[1]), s2 = opaque(p.y_stride[2]);
+            int const row = c0 + walk.row, tok = t0 + walk.tok;
+            T* y_base = static_cast<T*>(p.y) + b * p.y_stride[0] + row * s1 + tok * s2;
+            float const* y_tile = s_y + walk.base_slot();
 #pragma unroll
-        for (int kk = 0; kk < kItems; ++kk) {
-            int const dr = walk.row_step(kk), dtk = walk.tok_step(kk);
-            if (row + dr < p.dim && tok + dtk < p.length) from_float(y_tile[walk.slot(kk)], y_base + dr * s1 + dtk * s2);
+            for (int kk = 0; kk < kItems; ++kk) {
+                int const dr = walk.row_step(kk), dtk = walk.tok_step(kk);
+                if (row + dr < p.dim && tok + dtk < p.length) from_float(y_tile[walk.slot(kk)], y_base + dr * s1 + dtk * s2);
+            }
+        }
+    }
+    if (kPass == kPassEndState) {
+        // the segment's end state (the last chunk's carry_out, visible after the loop's last barrier) and sum of delta'
+#pragma unroll
+        for (int offset = 1; offset < kLanes; offset *= 2) dt_total += __shfl_xor_sync(0xffffffffu, dt_total, offset, kLanes);
+        float* ws = seg.workspace;
+        size_t const row = (size_t(b) * seg.segments + segment) * p.dim + channel;
+        float const* carry_end = s_carry + ((k_end - k_begin) & 1) * kCpb * n_state + local_c * n_state;
+        if (channel < p.dim) {
+            for (int n = lane; n < n_state; n += kLanes) ws[row * n_state + n] = carry_end[n];
+            if (lane == 0) ws[size_t(p.batch) * seg.segments * p.dim * n_state + row] = dt_total;
         }
     }
 }
@@ -364,8 +436,65 @@ inline cudaError_t launch_scan_variant(ScanParams const& p, cudaStream_t stream)
     auto kernel = selective_scan_fwd_kernel<T, kItems, kCpb, kPrefetch, kMinWarps>;
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
-    kernel<<<unsigned(blocks), kCpb * kLanes, smem, stream>>>(p);
+    int const n_chunks = (p.length + ChunkShape<kItems>::kChunk - 1) / ChunkShape<kItems>::kChunk;
+    kernel<<<unsigned(blocks), kCpb * kLanes, smem, stream>>>(p, SegmentArgs{1, n_chunks, nullptr});
     return cudaGetLastError();
+}
+
+using ScanKernel = void (*)(ScanParams, SegmentArgs);
+
+// Launches a kernel family (blocks of `cpb` channels and `threads` threads) with L split into segments (SegmentArgs):
+// `whole` (one pass) when S comes out as 1, else `pass1` then `pass2` on `stream`. `segments` = 0 picks as many as fill every resident block slot of the GPU
+// (occupancy API) when batch x channel blocks do not, at most one per chunk; n = at most n. `workspace` (device,
+// `workspace_bytes`) holds segment_workspace_floats(batch, dim, N, S) floats; too small -> cudaErrorInvalidValue.
+inline cudaError_t launch_split(ScanKernel whole, ScanKernel pass1, ScanKernel pass2, ScanParams const& p, int cpb,
+    int threads, int chunk, size_t smem, int segments, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+    int device = 0, smem_optin = 0, sms = 0, per_sm = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess) return err;
+    if (smem > size_t(smem_optin)) return cudaErrorInvalidValue;  // n_state too large for this GPU's shared memory
+    for (ScanKernel kernel : {whole, pass1, pass2}) {
+        err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+        if (err != cudaSuccess) return err;
+    }
+    int64_t const base_blocks = int64_t(p.batch) * ((p.dim + cpb - 1) / cpb);
+    int const n_chunks = (p.length + chunk - 1) / chunk;
+    if (segments <= 0) {
+        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pass2, threads, smem);
+        if (err != cudaSuccess) return err;
+        segments = int(std::max<int64_t>(1, int64_t(sms) * std::max(per_sm, 1) / base_blocks));
+    }
+    segments = std::min(segments, n_chunks);
+    int const per_segment = (n_chunks + segments - 1) / segments;
+    segments = (n_chunks + per_segment - 1) / per_segment;  // no empty segment
+    int64_t const blocks = base_blocks * segments;
+    if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
+    if (segments == 1) {
+        whole<<<unsigned(blocks), threads, smem, stream>>>(p, SegmentArgs{1, n_chunks, nullptr});
+        return cudaGetLastError();
+    }
+    if (workspace == nullptr || workspace_bytes < sizeof(float) * segment_workspace_floats(p.batch, p.dim, p.n_state, segments)) {
+        return cudaErrorInvalidValue;
+    }
+    SegmentArgs const args{segments, per_segment, static_cast<float*>(workspace)};
+    pass1<<<unsigned(blocks), threads, smem, stream>>>(p, args);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    pass2<<<unsigned(blocks), threads, smem, stream>>>(p, args);
+    return cudaGetLastError();
+}
+
+// launch_split for selective_scan_fwd_kernel's variant (kItems, kCpb, kPrefetch, kMinWarps).
+template <typename T, int kItems, int kCpb, bool kPrefetch, int kMinWarps>
+inline cudaError_t launch_scan_segmented(ScanParams const& p, int segments, void* workspace, size_t workspace_bytes,
+    cudaStream_t stream) {
+    return launch_split(selective_scan_fwd_kernel<T, kItems, kCpb, kPrefetch, kMinWarps, kPassWhole>,
+                        selective_scan_fwd_kernel<T, kItems, kCpb, kPrefetch, kMinWarps, kPassEndState>,
+                        selective_scan_fwd_kernel<T, kItems, kCpb, kPrefetch, kMinWarps, kPassReplay>, p, kCpb,
+                        kCpb * kLanes, ChunkShape<kItems>::kChunk, scan_smem_bytes(kCpb, p.n_state, kItems, p.z != nullptr), segments,
+                        workspace, workspace_bytes, stream);
 }
 
 inline bool valid_params(ScanParams const& p) {
