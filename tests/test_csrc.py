@@ -91,7 +91,7 @@ VARIANTS_SOURCE = Path(__file__).parent.parent / "tools" / "scan_variants.cu"
 
 @pytest.mark.slow
 def test_variant_library_compiles_for_ampere(tmp_path):
-    """tools/scan_variants.cu (every kernel variant, split passes, cp.async and two-channel kernels included) builds
+    """tools/scan_variants.cu (every kernel variant: split passes, cp.async, two channels a half-warp, diagnostics) builds
     for sm_80, the oldest arch with cp.async, and lists its variants, the committed launcher first."""
     nvcc = _nvcc_or_skip()
     library = tmp_path / "libscan_variants.so"
@@ -102,7 +102,7 @@ def test_variant_library_compiles_for_ampere(tmp_path):
     count = loaded.mambaesr_scan_variant_count()
     names = [loaded.mambaesr_scan_variant_name(i).decode() for i in range(count)]
     assert names[0] == "launcher" and len(set(names)) == count
-    assert {name.split()[0] for name in names[1:]} == {"whole", "split", "async", "pair"}
+    assert {name.split()[0] for name in names[1:]} == {"whole", "split", "async", "pair", "diag"}
     assert loaded.mambaesr_scan_variant_name(count) is None
 
 

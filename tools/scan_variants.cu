@@ -11,7 +11,8 @@ namespace {
 // One row per variant: its name and its launchers for fp32 / fp16 activations. Names: whole = one pass over L per
 // block; split = L in segments over more blocks when the batch leaves SMs idle; async = cp.async staging and pair =
 // two channels a half-warp, both of which split L the same way; i tokens a lane, c channels a block, pf prefetch
-// into registers, w warps a SM the register cap aims at.
+// into registers, w warps a SM the register cap aims at; diag = a whole kernel without its loads or its scan steps,
+// timed only, to tell memory latency from arithmetic latency.
 using Launcher = cudaError_t (*)(ScanParams const&, int segments, void* workspace, size_t bytes, cudaStream_t);
 
 template <typename T, int kItems, int kCpb, bool kPrefetch, int kMinWarps>
@@ -36,6 +37,13 @@ cudaError_t pair(ScanParams const& p, int segments, void* ws, size_t bytes, cuda
     return launch_scan_pair<T, kItems, kCpb, kMinWarps>(p, segments, ws, bytes, s);
 }
 
+// Diagnostics (wrong results by design; the script times them without checking): the whole (I, C, no, W) kernel
+// without its global loads, or without its scan steps.
+template <typename T, int kItems, int kCpb, int kMinWarps, int kPass>
+cudaError_t diagnostic(ScanParams const& p, int, void*, size_t, cudaStream_t s) {
+    return launch_scan_variant<T, kItems, kCpb, false, kMinWarps, kPass>(p, s);
+}
+
 cudaError_t committed(ScanParams const& p, int, void*, size_t, cudaStream_t s) { return launch_selective_scan(p, s); }
 
 struct Variant {
@@ -46,6 +54,8 @@ struct Variant {
 #define WHOLE(I, C, P, W) {"whole i" #I " c" #C " pf" #P " w" #W, whole<float, I, C, P, W>, whole<__half, I, C, P, W>}
 #define ASYNC(I, C, W) {"async i" #I " c" #C " w" #W, async_fp32<I, C, W>, async_fp32<I, C, W>}
 #define PAIR(I, C, W) {"pair i" #I " c" #C " w" #W, pair<float, I, C, W>, pair<__half, I, C, W>}
+#define DIAG(I, C, W, PASS, WHAT) \
+    {"diag " WHAT " i" #I " c" #C " w" #W, diagnostic<float, I, C, W, PASS>, diagnostic<__half, I, C, W, PASS>}
 #define SPLIT(I, C, P, W) {"split i" #I " c" #C " pf" #P " w" #W, split<float, I, C, P, W>, split<__half, I, C, P, W>}
 
 Variant const kVariants[] = {
@@ -60,6 +70,10 @@ Variant const kVariants[] = {
     ASYNC(16, 16, 8),
     PAIR(8, 16, 8),
     PAIR(8, 16, 12),  // spills about 150 bytes in the staging (80 loads in flight); pass 1 does not
+    DIAG(8, 16, 16, kPassDiagNoLoad, "noload"),
+    DIAG(8, 16, 16, kPassDiagNoScan, "noscan"),
+    DIAG(16, 16, 8, kPassDiagNoLoad, "noload"),
+    DIAG(16, 16, 8, kPassDiagNoScan, "noscan"),
 };
 
 }  // namespace

@@ -8,6 +8,8 @@
    chunk), delta 1e-4..20, A -1e-3..-100, all 16 flag combinations (D, z, delta_bias, softplus) at L 17 and 1000,
    both memory layouts (contiguous, the model's), dim 20 (not a multiple of a block's channels), split variants with
    their own segment count and with 3 segments. A variant with any failure is reported as failed, never as a winner.
+   "diag" variants (a kernel without its global loads, or without its scan steps) are wrong by design: timed only,
+   to tell memory latency from arithmetic latency, never checked or counted as winners.
 3. Timing: the default model's scan (d_inner 120, N 16, L 4096, the model's layouts, every flag it uses) at batch 1,
    8 and 32, fp32 and fp16: CUDA events around each call after a 256 MB L2 flush (as triton's do_bench), median of
    --reps after warm-up ("ms"), and the mean of --reps back-to-back calls ("ms_warm"); split variants also at fixed
@@ -61,6 +63,11 @@ INVALID_VALUE = 1  # cudaErrorInvalidValue: the variant does not take these inpu
 def splits(variant: dict) -> bool:
     """Whether the variant splits L into segments (scan_variants.cu's split, async and pair families)."""
     return variant["name"].startswith(("split", "async", "pair"))
+
+
+def diagnostic(variant: dict) -> bool:
+    """A diagnostic kernel (wrong results by design: without its loads or its scan steps): timed, never checked or a winner."""
+    return variant["name"].startswith("diag")
 
 
 def build_library(folder: Path) -> ctypes.CDLL:
@@ -124,7 +131,7 @@ def check_variants(lib, variants: list[dict], deadline: float) -> bool:
             truth, ref, on_device = _truth_and_ref(inputs, dtype, "cuda")
             for layout_name, layout in (("contiguous", on_device), ("model", _model_layout(on_device))):
                 call = Call(lib, layout)
-                for v in variants:
+                for v in (v for v in variants if not diagnostic(v)):
                     for segments in (0, 3) if splits(v) else (0,):
                         call.y.fill_(float("nan"))
                         code = call(v["id"], segments)
@@ -208,7 +215,8 @@ def time_config(lib, variants, dtype_name, dtype, batch, copy_gbs, reps, deadlin
             err = rel_error(out.float(), ref)
             ms, ms_warm = time_ms(fn, reps, flush)
             rows.append({**row, "ms": ms, "ms_warm": ms_warm, "gbs": nbytes / ms / 1e6, "pct": 100 * nbytes / ms / 1e6 / copy_gbs,
-                         "rel_err_vs_triton": err, "passed_checks": v is None or not v["failures"]})
+                         "rel_err_vs_triton": err, "passed_checks": v is None or not (v["failures"] or diagnostic(v)),
+                         "diagnostic": v is not None and diagnostic(v)})
     return True
 
 
@@ -275,13 +283,18 @@ def main() -> None:
 
 def report_checks(variants: list[dict], skipped: bool) -> None:
     for v in variants:
-        if skipped:
+        if skipped and not diagnostic(v):
             v["failures"].append("not checked (--skip-checks)")
-        state = "FAILED" if v["failures"] else "passed"
         unsupported = f" (unsupported: {', '.join(sorted(v['unsupported']))})" if v["unsupported"] else ""
-        print(f"variant {v['id']:2d} {v['name']:28s} checks {state}, {len(v['failures'])} failures{unsupported}", flush=True)
+        state = "FAILED" if v["failures"] else "passed"
+        outcome = "diagnostic, timed only" if diagnostic(v) else f"checks {state}, {len(v['failures'])} failures{unsupported}"
+        print(f"variant {v['id']:2d} {v['name']:28s} {outcome}", flush=True)
         for failure in v["failures"][:5]:
             print(f"    {failure}")
+
+
+def verdict(row: dict) -> str:
+    return " (diagnostic)" if row["diagnostic"] else "" if row["passed_checks"] else " FAILED CHECKS"
 
 
 def print_rows(rows: list, copy_gbs: float) -> None:
@@ -292,7 +305,7 @@ def print_rows(rows: list, copy_gbs: float) -> None:
             print(f"{head} {r['error']}")
         else:
             print(f"{head} {r['ms']:8.4f} ms (warm {r['ms_warm']:8.4f}) {r['pct']:5.1f}% of copy "
-                  f"err {r['rel_err_vs_triton']:.1e}{'' if r['passed_checks'] else ' FAILED CHECKS'}")
+                  f"err {r['rel_err_vs_triton']:.1e}{verdict(r)}")
     for line in summary(rows):
         print(line)
 

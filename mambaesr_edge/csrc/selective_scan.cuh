@@ -62,7 +62,11 @@ struct ScanParams {
 // segments into its incoming state, h = exp2(A log2(e) Sd_s) h + H_s for s < its own, then runs its chunks as the
 // single-pass kernel does. Cost: pass 1 is about half a pass (no replay), so 1.5x the arithmetic of one pass, spread
 // over S times as many blocks; the critical path shrinks from n_chunks chunks to about 1.5 n_chunks / S.
-enum ScanPass { kPassWhole = 0, kPassEndState = 1, kPassReplay = 2 };
+//
+// Two more values are diagnostics for tools/scan_variants_gpu.py, wrong results by design, never launched otherwise:
+// kPassDiagNoLoad (one pass with zeros in place of the global loads: the time without memory latency) and
+// kPassDiagNoScan (one pass without the scan steps: the time of staging and y alone).
+enum ScanPass { kPassWhole = 0, kPassEndState = 1, kPassReplay = 2, kPassDiagNoLoad = 3, kPassDiagNoScan = 4 };
 
 struct SegmentArgs {
     int32_t segments;            // S (1: the whole L in one block, kPassWhole)
@@ -202,6 +206,13 @@ struct ChunkRegs {
     T u[kItems], dt[kItems], z[kItems], b[kItems], c[kItems];
 };
 
+// Zeros in place of load_chunk (kPassDiagNoLoad).
+template <typename T, int kItems>
+__device__ __forceinline__ void zero_chunk(ChunkRegs<T, kItems>& regs) {
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) regs.u[k] = regs.dt[k] = regs.z[k] = regs.b[k] = regs.c[k] = T(0.0f);
+}
+
 // kOutput false (pass 1 of a split L): z and C are not needed.
 template <typename T, int kItems, int kCpb, bool kOutput = true>
 __device__ __forceinline__ void load_chunk(ChunkRegs<T, kItems>& regs, ScanParams const& p, int b, int c0, int t0) {
@@ -338,11 +349,12 @@ selective_scan_fwd_kernel(ScanParams p, SegmentArgs seg) {
 
     ChunkRegs<T, kItems> regs;
     float dt_total = 0.0f;  // pass 1: this lane's sum of delta' over the segment
-    if (kPrefetch && k_begin < k_end) load_chunk<T, kItems, kCpb, kOutput>(regs, p, b, c0, k_begin * kChunk);
+    if (kPass == kPassDiagNoLoad) zero_chunk(regs);
+    if (kPrefetch && k_begin < k_end && kPass != kPassDiagNoLoad) load_chunk<T, kItems, kCpb, kOutput>(regs, p, b, c0, k_begin * kChunk);
 #pragma unroll 1
     for (int k = k_begin; k < k_end; ++k) {
         int const t0 = k * kChunk;
-        if (!kPrefetch) load_chunk<T, kItems, kCpb, kOutput>(regs, p, b, c0, t0);
+        if (!kPrefetch && kPass != kPassDiagNoLoad) load_chunk<T, kItems, kCpb, kOutput>(regs, p, b, c0, t0);
         store_tile<T, kItems, kCpb, kPlain>(s_u, regs.u, p.u_stride, c0, p.dim, t0, p.length, nullptr, 0);
         store_tile<T, kItems, kCpb, kDelta>(s_dt, regs.dt, p.delta_stride, c0, p.dim, t0, p.length, s_bias, p.delta_softplus);
         if (has_z) store_tile<T, kItems, kCpb, kSilu>(s_z, regs.z, p.z_stride, c0, p.dim, t0, p.length, nullptr, 0);
@@ -351,13 +363,13 @@ selective_scan_fwd_kernel(ScanParams p, SegmentArgs seg) {
 #pragma unroll 1
         for (int part = 1; part < bc_parts; ++part) {  // N > kCpb: the other states of B and C
             int const row0 = part * kCpb;
-            load_tile<T, kItems, kCpb>(regs.b, static_cast<T const*>(p.B), p.B_stride, b, row0, n_state, t0, p.length);
-            if (kOutput) load_tile<T, kItems, kCpb>(regs.c, static_cast<T const*>(p.C), p.C_stride, b, row0, n_state, t0, p.length);
+            if (kPass != kPassDiagNoLoad) load_tile<T, kItems, kCpb>(regs.b, static_cast<T const*>(p.B), p.B_stride, b, row0, n_state, t0, p.length);
+            if (kOutput && kPass != kPassDiagNoLoad) load_tile<T, kItems, kCpb>(regs.c, static_cast<T const*>(p.C), p.C_stride, b, row0, n_state, t0, p.length);
             store_tile<T, kItems, kCpb, kPlain>(s_b + row0 * kRow, regs.b, p.B_stride, row0, n_state, t0, p.length, nullptr, 0);
             if (kOutput) store_tile<T, kItems, kCpb, kPlain>(s_c + row0 * kRow, regs.c, p.C_stride, row0, n_state, t0, p.length, nullptr, 0);
         }
         __syncthreads();
-        if (kPrefetch && k + 1 < k_end) load_chunk<T, kItems, kCpb, kOutput>(regs, p, b, c0, t0 + kChunk);
+        if (kPrefetch && k + 1 < k_end && kPass != kPassDiagNoLoad) load_chunk<T, kItems, kCpb, kOutput>(regs, p, b, c0, t0 + kChunk);
 
         float dt[kItems], du[kItems], acc[kItems];
         float dt_sum = 0.0f;
@@ -375,7 +387,7 @@ selective_scan_fwd_kernel(ScanParams p, SegmentArgs seg) {
         float const* carry_in = s_carry + ((k - k_begin) & 1) * kCpb * n_state + local_c * n_state;
         float* carry_out = s_carry + ((k - k_begin + 1) & 1) * kCpb * n_state + local_c * n_state;
         float const* a_row = s_a + local_c * n_state;
-        int n = 0;
+        int n = kPass == kPassDiagNoScan ? n_state : 0;
 #pragma unroll 1
         for (; n + 2 <= n_state; n += 2) {
             scan_states<kItems, 2, kOutput>(n, dt, du, acc, dt_sum, a_row, s_b, s_c, col0, carry_in, carry_out, lane);
@@ -423,8 +435,9 @@ selective_scan_fwd_kernel(ScanParams p, SegmentArgs seg) {
 
 // Launches one kernel variant: kCpb channels per block (a power of two, 2 .. kMaxChannelsPerBlock), kItems tokens
 // per lane, with or without prefetching the next chunk.
-template <typename T, int kItems, int kCpb, bool kPrefetch, int kMinWarps>
+template <typename T, int kItems, int kCpb, bool kPrefetch, int kMinWarps, int kPass = kPassWhole>
 inline cudaError_t launch_scan_variant(ScanParams const& p, cudaStream_t stream) {
+    static_assert(kPass != kPassEndState && kPass != kPassReplay, "split passes go through launch_scan_segmented");
     size_t const smem = scan_smem_bytes(kCpb, p.n_state, kItems, p.z != nullptr);
     int device = 0, smem_optin = 0;
     cudaError_t err = cudaGetDevice(&device);
@@ -433,7 +446,7 @@ inline cudaError_t launch_scan_variant(ScanParams const& p, cudaStream_t stream)
     if (smem > size_t(smem_optin)) return cudaErrorInvalidValue;  // n_state too large for this GPU's shared memory
     int64_t const blocks = int64_t(p.batch) * ((p.dim + kCpb - 1) / kCpb);
     if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
-    auto kernel = selective_scan_fwd_kernel<T, kItems, kCpb, kPrefetch, kMinWarps>;
+    auto kernel = selective_scan_fwd_kernel<T, kItems, kCpb, kPrefetch, kMinWarps, kPass>;
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
     int const n_chunks = (p.length + ChunkShape<kItems>::kChunk - 1) / ChunkShape<kItems>::kChunk;
