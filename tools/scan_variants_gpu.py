@@ -1,15 +1,18 @@
 """Check and time every native scan kernel variant (tools/scan_variants.cu) in one process on one GPU.
 
 1. Build tools/scan_variants.cu once for this GPU's arch (native_build's nvcc flags): every variant of
-   csrc/selective_scan.cuh and csrc/selective_scan_async.cuh behind one C function, picked by id; id 0 is the
-   committed launcher (`launch_selective_scan`).
+   csrc/selective_scan.cuh, selective_scan_async.cuh and selective_scan_pair.cuh behind one C function, picked by id;
+   id 0 is the committed launcher (`launch_selective_scan`).
 2. Correctness, per variant: outputs poisoned with NaN first, then matched against the fp32 `reference` on the GPU
    and the fp64 truth (fp32 rel <= 1e-5, fp16 <= 2e-3) for L = 1, 17, 255, 1000, 4097, 20000 (none a multiple of a
    chunk), delta 1e-4..20, A -1e-3..-100, all 16 flag combinations (D, z, delta_bias, softplus) at L 17 and 1000,
    both memory layouts (contiguous, the model's), dim 20 (not a multiple of a block's channels), split variants with
    their own segment count and with 3 segments. A variant with any failure is reported as failed, never as a winner.
-   "diag" variants (a kernel without its global loads, or without its scan steps) are wrong by design: timed only,
-   to tell memory latency from arithmetic latency, never checked or counted as winners.
+   The checks run in a child process: a variant whose launch crashes it (a poisoned CUDA context) is reported as
+   failed, left out, and the others are checked again and timed.
+   "diag" variants (a kernel without its global loads, or without its scan steps) are wrong by design: launched in
+   the checks (so a crash is caught) but not compared, timed to tell memory latency from arithmetic latency, never
+   counted as winners.
 3. Timing: the default model's scan (d_inner 120, N 16, L 4096, the model's layouts, every flag it uses) at batch 1,
    8 and 32, fp32 and fp16: CUDA events around each call after a 256 MB L2 flush (as triton's do_bench), median of
    --reps after warm-up ("ms"), and the mean of --reps back-to-back calls ("ms_warm"); split variants also at fixed
@@ -17,7 +20,8 @@
    "pct" = minimal bytes (u, delta, z, B, C read once, y written once) per second as % of the copy bandwidth; the
    issue 14 target is >= 25% at batch 32, and batch 1 at least as fast as triton.
 
-A time guard (--budget-s, default 170 s from the start, the build included) stops measuring and writes what was measured ("truncated": true).
+A time guard (--budget-s, default 170 s from the start, the build included) stops measuring and writes what was
+measured ("truncated": true).
 Usage, from the repo root on the GPU machine: python3 tools/scan_variants_gpu.py --json $OUT/scan_variants.json
 """
 
@@ -28,6 +32,7 @@ import ctypes
 import itertools
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,13 +75,16 @@ def diagnostic(variant: dict) -> bool:
     return variant["name"].startswith("diag")
 
 
-def build_library(folder: Path) -> ctypes.CDLL:
+def build_library(folder: Path) -> Path:
     major, minor = torch.cuda.get_device_capability()
     arch = f"sm_{major}{minor}"
     output = folder / f"libscan_variants_{arch}.so"
     command = native_build.scan_library_command(output, [arch], nvcc=native_build.find_nvcc(), source=VARIANTS_SOURCE)
-    native_build.build(command, output)
-    lib = ctypes.CDLL(str(output))
+    return native_build.build(command, output)
+
+
+def load_library(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
     lib.mambaesr_scan_variant_count.restype = ctypes.c_int32
     lib.mambaesr_scan_variant_name.restype = ctypes.c_char_p
     lib.mambaesr_scan_variant_name.argtypes = [ctypes.c_int32]
@@ -121,8 +129,9 @@ class Call:
                                               ctypes.c_void_p(self.workspace.data_ptr()), self.workspace.numel())
 
 
-def check_variants(lib, variants: list[dict], deadline: float) -> bool:
-    """Fills each variant's "failures" / "unsupported"; False when the time guard stopped it."""
+def check_variants(lib, variants: list[dict], deadline: float, progress=None) -> bool:
+    """Fills each variant's "failures" / "unsupported"; False when the time guard stopped it. progress(id, label) is
+    called before each launch (check_isolated names a variant that crashes the process by it)."""
     for length, options in CASES:
         if time.monotonic() > deadline:
             return False
@@ -131,22 +140,84 @@ def check_variants(lib, variants: list[dict], deadline: float) -> bool:
             truth, ref, on_device = _truth_and_ref(inputs, dtype, "cuda")
             for layout_name, layout in (("contiguous", on_device), ("model", _model_layout(on_device))):
                 call = Call(lib, layout)
-                for v in (v for v in variants if not diagnostic(v)):
+                for v in variants:
                     for segments in (0, 3) if splits(v) else (0,):
                         call.y.fill_(float("nan"))
-                        code = call(v["id"], segments)
                         label = f"{dtype} L={length} {'+'.join(options) or 'plain'} {layout_name} segments={segments}"
+                        if progress is not None:
+                            progress(v["id"], label)
+                        code = call(v["id"], segments)
                         if code == INVALID_VALUE:
                             v["unsupported"].add(str(dtype))
                             continue
                         if code != 0:
                             v["failures"].append(f"{label}: launch error {code}")
                             continue
-                        torch.cuda.synchronize()
+                        torch.cuda.synchronize()  # a launch that faults fails here
+                        if diagnostic(v):
+                            continue  # wrong by design: launched (so a crash shows up here), not compared
                         err = max(rel_error(call.y, ref), rel_error(call.y.cpu(), truth))
                         if not (err <= TOLERANCE[dtype]) or not torch.isfinite(call.y).all():
                             v["failures"].append(f"{label}: rel err {err:.2e}")
     return True
+
+
+def check_isolated(library: Path, variants: list[dict], budget_s: float, folder: Path) -> bool:
+    """check_variants in a child process, so that a variant whose launch poisons the CUDA context (an illegal address)
+    is reported as failed and the others are still checked and timed here; the crashing variant is left out and the
+    child rerun. False when the time guard stopped the checks."""
+    deadline = time.monotonic() + budget_s
+    crashed: set[int] = set()
+    result, progress = folder / "checks.json", folder / "checks.progress"
+    while True:
+        ids = [v["id"] for v in variants if v["id"] not in crashed]
+        left = deadline - time.monotonic()
+        if not ids:
+            return True
+        if left <= 0:
+            return False
+        result.unlink(missing_ok=True)
+        progress.write_text("")
+        command = [sys.executable, __file__, "--check-child", str(library), "--child-out", str(result),
+                   "--variants", ",".join(map(str, ids)), "--budget-s", f"{left:.0f}"]
+        done = subprocess.run(command, check=False, timeout=left + 60)
+        if done.returncode == 0 and result.is_file():
+            report = json.loads(result.read_text())
+            for v in variants:
+                if str(v["id"]) in report["variants"]:
+                    v["failures"] += report["variants"][str(v["id"])]["failures"]
+                    v["unsupported"] |= set(report["variants"][str(v["id"])]["unsupported"])
+            return report["done"]
+        lines = progress.read_text().splitlines()
+        if not lines:  # died before any launch: nothing to blame on one variant
+            for v in variants:
+                if v["id"] in ids:
+                    v["failures"].append(f"the check process failed before any launch (exit {done.returncode})")
+            return False
+        vid, label = lines[-1].split(" ", 1)
+        crashed.add(int(vid))
+        next(v for v in variants if v["id"] == int(vid))["failures"].append(
+            f"{label}: the launch crashed the process (exit {done.returncode}); left out of the rest of the checks")
+        print(f"variant {vid} crashed the check process at {label}; checking the others again without it", flush=True)
+
+
+def check_child(args) -> None:
+    """--check-child: check_variants on the given library and variants; results to --child-out (JSON)."""
+    lib = load_library(Path(args.check_child))
+    wanted = {int(i) for i in args.variants.split(",")}
+    variants = [{"id": i, "name": lib.mambaesr_scan_variant_name(i).decode(), "failures": [], "unsupported": set()}
+                for i in sorted(wanted)]
+    progress_path = Path(args.child_out).with_suffix(".progress")
+    with progress_path.open("a") as progress_file:
+
+        def progress(vid: int, label: str) -> None:
+            progress_file.write(f"{vid} {label}\n")
+            progress_file.flush()
+
+        done = check_variants(lib, variants, time.monotonic() + args.budget_s, progress)
+    report = {"done": done, "variants": {str(v["id"]): {"failures": v["failures"], "unsupported": sorted(v["unsupported"])}
+                                         for v in variants}}
+    Path(args.child_out).write_text(json.dumps(report))
 
 
 def time_ms(fn, reps: int, flush: torch.Tensor) -> tuple[float, float]:
@@ -242,12 +313,22 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=170.0, help="stop measuring after this many seconds")
     parser.add_argument("--skip-checks", action="store_true", help="time only (every variant then counts as unchecked)")
     parser.add_argument("--variants", help="comma-separated ids to run (default: all), e.g. to leave out one that crashed")
+    parser.add_argument("--check-child", help=argparse.SUPPRESS)  # the library path, in check_isolated's child
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.check_child:
+        check_child(args)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        measure(args, Path(folder))
+
+
+def measure(args, folder: Path) -> None:
     started = time.monotonic()
     deadline = started + args.budget_s
     torch.backends.cuda.matmul.allow_tf32 = False
-    with tempfile.TemporaryDirectory() as folder:
-        lib = build_library(Path(folder))
+    library = build_library(folder)
+    lib = load_library(library)
     build_s = time.monotonic() - started
     wanted = {int(i) for i in args.variants.split(",")} if args.variants else None
     variants = [{"id": i, "name": lib.mambaesr_scan_variant_name(i).decode(), "failures": [], "unsupported": set()}
@@ -257,10 +338,12 @@ def main() -> None:
     copy_gbs = float("nan")
     checks_done = timing_done = False
     try:
-        checks_done = args.skip_checks or check_variants(lib, variants, deadline)
+        checks_done = args.skip_checks or check_isolated(library, variants, deadline - time.monotonic(), folder)
         report_checks(variants, args.skip_checks)
         copy_gbs = copy_bandwidth_gbs(20)
-        timing_done = time_variants(lib, variants, copy_gbs, args.reps, deadline, rows)
+        crashed = [v for v in variants if any("crashed the process" in f for f in v["failures"])]
+        timed = [v for v in variants if v not in crashed]
+        timing_done = time_variants(lib, timed, copy_gbs, args.reps, deadline, rows)
         print_rows(rows, copy_gbs)
     finally:  # a crash (a CUDA error poisons the context) still leaves what was measured, and says where it stopped
         truncated = not (checks_done and timing_done)
@@ -287,7 +370,8 @@ def report_checks(variants: list[dict], skipped: bool) -> None:
             v["failures"].append("not checked (--skip-checks)")
         unsupported = f" (unsupported: {', '.join(sorted(v['unsupported']))})" if v["unsupported"] else ""
         state = "FAILED" if v["failures"] else "passed"
-        outcome = "diagnostic, timed only" if diagnostic(v) else f"checks {state}, {len(v['failures'])} failures{unsupported}"
+        checked = f"checks {state}, {len(v['failures'])} failures{unsupported}"
+        outcome = "diagnostic, timed only" if diagnostic(v) and not v["failures"] else checked
         print(f"variant {v['id']:2d} {v['name']:28s} {outcome}", flush=True)
         for failure in v["failures"][:5]:
             print(f"    {failure}")
