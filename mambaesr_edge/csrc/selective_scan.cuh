@@ -72,6 +72,10 @@ struct SegmentArgs {
     int32_t segments;            // S (1: the whole L in one block, kPassWhole)
     int32_t chunks_per_segment;  // chunks of one segment (the last may have fewer)
     float* workspace;            // H then Sd, as above; null for kPassWhole
+
+    // (batch row b, segment s, channel): its row of H (times N) and its entry of Sd (after sums_offset)
+    __host__ __device__ size_t row(int b, int s, int dim, int channel) const { return (size_t(b) * segments + s) * dim + channel; }
+    __host__ __device__ size_t sums_offset(int batch, int dim, int n_state) const { return size_t(batch) * segments * dim * n_state; }
 };
 
 inline size_t segment_workspace_floats(int batch, int dim, int n_state, int segments) {
@@ -99,6 +103,21 @@ __device__ __forceinline__ float fast_exp2(float x) {
     float r;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
     return r;
+}
+
+// Pass 2: the state entering `segment` of (batch row b, channel, state n), the preceding segments' (decay, end state)
+// folded in order (a = A log2(e)). Unrolled so that several segments' loads are in flight before the chain uses them.
+__device__ __forceinline__ float segment_incoming_state(SegmentArgs const& seg, int batch, int dim, int n_state, int b,
+    int channel, int n, int segment, float a) {
+    float const* ws_end = seg.workspace;                                  // (batch, S, dim, N)
+    float const* ws_sum = seg.workspace + seg.sums_offset(batch, dim, n_state);  // (batch, S, dim)
+    float h = 0.0f;
+#pragma unroll 8
+    for (int s = 0; s < segment; ++s) {
+        size_t const row = seg.row(b, s, dim, channel);
+        h = fmaf(fast_exp2(a * ws_sum[row]), h, ws_end[row * n_state + n]);
+    }
+    return h;
 }
 
 // softplus(x) = max(x, 0) + log1p(exp(-|x|)), as scan.stable_softplus (never exponentiates a positive number)
@@ -324,22 +343,13 @@ selective_scan_fwd_kernel(ScanParams p, SegmentArgs seg) {
     if (kPass == kPassEndState && segment == segments - 1) return;  // nothing follows the last segment
     int const k_begin = kPass == kPassWhole ? 0 : segment * seg.chunks_per_segment;
     int const k_end = kPass == kPassWhole ? n_chunks : min(n_chunks, k_begin + seg.chunks_per_segment);
-    float const* ws_end = seg.workspace;                                                   // (batch, S, dim, N)
-    float const* ws_sum = seg.workspace + size_t(p.batch) * seg.segments * p.dim * n_state;  // (batch, S, dim)
 
     for (int idx = threadIdx.x; idx < kCpb * n_state; idx += blockDim.x) {
         int const c = idx / n_state, n = idx - c * n_state;
         float const a = (c0 + c < p.dim) ? p.A[(c0 + c) * p.A_stride[0] + n * p.A_stride[1]] * 1.4426950408889634f : 0.0f;
         s_a[idx] = a;
-        float h = 0.0f;
-        if (kPass == kPassReplay && c0 + c < p.dim) {
-            // the state entering this segment: the preceding segments' (decay, end state) folded in order
-            for (int s = 0; s < segment; ++s) {
-                size_t const row = (size_t(b) * seg.segments + s) * p.dim + c0 + c;
-                h = fmaf(fast_exp2(a * ws_sum[row]), h, ws_end[row * n_state + n]);
-            }
-        }
-        s_carry[idx] = h;
+        bool const incoming = kPass == kPassReplay && c0 + c < p.dim;  // pass 2: fold the preceding segments
+        s_carry[idx] = incoming ? segment_incoming_state(seg, p.batch, p.dim, n_state, b, c0 + c, n, segment, a) : 0.0f;
     }
     if (threadIdx.x < kCpb) {
         s_bias[threadIdx.x] = (p.delta_bias != nullptr && c0 + int(threadIdx.x) < p.dim) ? p.delta_bias[c0 + threadIdx.x] : 0.0f;
@@ -424,11 +434,11 @@ selective_scan_fwd_kernel(ScanParams p, SegmentArgs seg) {
 #pragma unroll
         for (int offset = 1; offset < kLanes; offset *= 2) dt_total += __shfl_xor_sync(0xffffffffu, dt_total, offset, kLanes);
         float* ws = seg.workspace;
-        size_t const row = (size_t(b) * seg.segments + segment) * p.dim + channel;
+        size_t const row = seg.row(b, segment, p.dim, channel);
         float const* carry_end = s_carry + ((k_end - k_begin) & 1) * kCpb * n_state + local_c * n_state;
         if (channel < p.dim) {
             for (int n = lane; n < n_state; n += kLanes) ws[row * n_state + n] = carry_end[n];
-            if (lane == 0) ws[size_t(p.batch) * seg.segments * p.dim * n_state + row] = dt_total;
+            if (lane == 0) ws[seg.sums_offset(p.batch, p.dim, n_state) + row] = dt_total;
         }
     }
 }

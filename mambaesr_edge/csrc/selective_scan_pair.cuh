@@ -113,21 +113,13 @@ selective_scan_pair_kernel(ScanParams p, SegmentArgs seg) {
     if (kPass == kPassEndState && segment == segments - 1) return;
     int const k_begin = kPass == kPassWhole ? 0 : segment * seg.chunks_per_segment;
     int const k_end = kPass == kPassWhole ? n_chunks : min(n_chunks, k_begin + seg.chunks_per_segment);
-    float const* ws_end = seg.workspace;
-    float const* ws_sum = seg.workspace + size_t(p.batch) * segments * p.dim * n_state;
 
     for (int idx = threadIdx.x; idx < kCpb * n_state; idx += kThreads) {
         int const c = idx / n_state, n = idx - c * n_state;
         float const a = (c0 + c < p.dim) ? p.A[(c0 + c) * p.A_stride[0] + n * p.A_stride[1]] * 1.4426950408889634f : 0.0f;
         s_a[idx] = a;
-        float h = 0.0f;
-        if (kPass == kPassReplay && c0 + c < p.dim) {
-            for (int s = 0; s < segment; ++s) {
-                size_t const row = (size_t(b) * segments + s) * p.dim + c0 + c;
-                h = fmaf(fast_exp2(a * ws_sum[row]), h, ws_end[row * n_state + n]);
-            }
-        }
-        s_carry[idx] = h;
+        bool const incoming = kPass == kPassReplay && c0 + c < p.dim;  // pass 2: fold the preceding segments
+        s_carry[idx] = incoming ? segment_incoming_state(seg, p.batch, p.dim, n_state, b, c0 + c, n, segment, a) : 0.0f;
     }
     if (threadIdx.x < kCpb) {
         s_bias[threadIdx.x] = (p.delta_bias != nullptr && c0 + int(threadIdx.x) < p.dim) ? p.delta_bias[c0 + threadIdx.x] : 0.0f;
@@ -224,10 +216,10 @@ selective_scan_pair_kernel(ScanParams p, SegmentArgs seg) {
 #pragma unroll
             for (int offset = 1; offset < kLanes; offset *= 2) dt_total[ch] += __shfl_xor_sync(0xffffffffu, dt_total[ch], offset, kLanes);
             int const channel = c0 + local_c + ch;
-            size_t const row = (size_t(b) * segments + segment) * p.dim + channel;
+            size_t const row = seg.row(b, segment, p.dim, channel);
             if (channel < p.dim) {
                 for (int n = lane; n < n_state; n += kLanes) ws[row * n_state + n] = carry_end[ch * n_state + n];
-                if (lane == 0) ws[size_t(p.batch) * segments * p.dim * n_state + row] = dt_total[ch];
+                if (lane == 0) ws[seg.sums_offset(p.batch, p.dim, n_state) + row] = dt_total[ch];
             }
         }
     }
