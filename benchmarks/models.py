@@ -4,6 +4,8 @@ PSNR against the modelled Orin Nano latency, with the command, the machine and t
 
     PYTHONPATH=$PWD python3 benchmarks/models.py                           # every column this machine can measure
     PYTHONPATH=$PWD python3 benchmarks/models.py --datasets Set5 --rows dvmsr-g1 --no-export --json /tmp/f.json
+    PYTHONPATH=$PWD python3 benchmarks/models.py --gpu-only --json $OUT/models_gpu.json      # on the GPU machine
+    PYTHONPATH=$PWD python3 benchmarks/models.py --gpu-from benchmarks/models_gpu_h200.json  # here: all columns
 
 Columns, each measured by this project's own code:
 - params: count_parameters of the loaded network;
@@ -17,7 +19,8 @@ Columns, each measured by this project's own code:
   as benchmarks/cpu_upscale.py times it (the backend upscale picks: numpy for our .safetensors, torch for a .pth);
 - GPU ms per 64x64 tile at batch 16 and per 960x540 LR frame (fp32, the torch backend, CUDA events, median of 20
   after 5 warm-ups; the frame through Upscaler tiled at 64 with overlap 16, batch 16): only on a CUDA machine,
-  else null with the reason in `null_reasons`.
+  else taken from a `--gpu-only` run's JSON given with --gpu-from (its command, device and date go into the
+  report), else null with the reason in `null_reasons`.
 DVMSR's weights are read from the shared folder at run time, never copied.
 """
 
@@ -131,6 +134,23 @@ def gpu_columns(weights: Path) -> dict:
             "gpu_ms_per_frame_960x540": timed(lambda: up(frame))}
 
 
+GPU_KEYS = ("gpu_ms_per_tile_batch16", "gpu_ms_per_frame_960x540")
+
+
+def gpu_only(rows: list[dict], path: Path, command: str) -> None:
+    """The GPU columns alone, for --gpu-from on a machine without the GPU (the CPU columns need ../shared)."""
+    import torch
+
+    from mambaesr_edge.machine import utc_now
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu-only needs a CUDA GPU")
+    measured = {row["name"]: gpu_columns(row["weights"]) for row in rows if row["weights"] is not None and Path(row["weights"]).is_file()}
+    report = {"command": command, "date": utc_now(), "device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": measured}
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
 def measure(row: dict, args: argparse.Namespace, workdir: Path) -> dict:
     from mambaesr_edge.fileio import sha256_file
 
@@ -156,11 +176,11 @@ def measure(row: dict, args: argparse.Namespace, workdir: Path) -> dict:
         out["fp16_onnx_drop_db"] = out["orin_nano_ms_per_tile"] = None
         reasons["fp16_onnx_drop_db"] = reasons["orin_nano_ms_per_tile"] = "not run (--no-export)"
     out.update(cpu_seconds(weights, args.cpu_rounds, workdir))
-    gpu = gpu_columns(weights)
+    gpu = gpu_columns(weights) or (args.gpu_report or {}).get("rows", {}).get(row["name"], {})
     if gpu:
         out.update(gpu)
     else:
-        for key in ("gpu_ms_per_tile_batch16", "gpu_ms_per_frame_960x540"):
+        for key in GPU_KEYS:
             out[key], reasons[key] = None, "no CUDA GPU on the machine this ran on: run benchmarks/models.py on the GPU machine"
     return out
 
@@ -222,12 +242,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=frontier_path())
     parser.add_argument("--png", type=Path, default=REPO / "benchmarks" / "models_frontier.png")
     parser.add_argument("--replot", action="store_true", help="only draw the PNG from the --json file (no measurement)")
+    parser.add_argument("--gpu-only", action="store_true", help="measure the GPU columns alone, write them to --json")
+    parser.add_argument("--gpu-from", type=Path, help="a --gpu-only run's JSON: the GPU columns of a machine without CUDA")
     args = parser.parse_args()
+    args.gpu_report = json.loads(args.gpu_from.read_text()) if args.gpu_from else None
     if args.replot:
         plot(json.loads(args.json.read_text()), args.png)
         print(f"wrote {args.png}")
         return
     command = "PYTHONPATH=$PWD python3 benchmarks/models.py " + " ".join(sys.argv[1:])
+    if args.gpu_only:
+        gpu_only([row for row in _models(args.rows) if row["name"] != "DVMSR" or row["weights"].is_file()], args.json, command.strip())
+        return
     started, load_before = utc_now(), load_average()
     machine = machine_info()
     import torch
@@ -240,6 +266,8 @@ def main() -> None:
         "command": command.strip(), "date": started, "finished": utc_now(), "device": device, "machine": machine,
         "load_average": {"before": load_before, "after": load_average()}, "versions": package_versions(),
         "datasets": args.datasets, "scale": SCALE,
+        "gpu_columns": ({k: args.gpu_report[k] for k in ("command", "date", "device")} | {"file": str(args.gpu_from)}
+                        if args.gpu_report else None),
         "notes": ["Orin Nano ms: the roofline cost model of the exported graphs (cost.json), not a measurement on a Jetson",
                   "CPU seconds: the whole upscale process on a shared machine; compare rows of one run, not across machines"],
         "rows": rows,

@@ -43,7 +43,7 @@ class BackendError(MambaESRError):
 
 
 class BundleError(MambaESRError):
-    """An export bundle or engine manifest is missing files, invalid, stale, or cannot be written (bundle.py)."""
+    """An export bundle or engine manifest is missing files, invalid, stale, or cannot be written (bundle.py, engine_manifest.py)."""
 
 
 class EngineMismatchError(BundleError):

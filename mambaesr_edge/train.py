@@ -40,6 +40,7 @@ from .evaluate import evaluate_dataset, evaluate_pairs, super_resolve
 from .fileio import TEMP_MARKER, atomic_write, space_problem
 from .model import MambaSR, count_parameters
 from .presets import ModelConfig, get_preset
+from .weights_format import STEP_KEY
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def _save_checkpoint(run_dir: Path, model: MambaSR, ema: MambaSR, optimizer, ste
     renames can leave those one checkpoint ahead of the state, never the state half-written.
     """
     ckpt = run_dir / "checkpoints"
-    meta = {"mambaesr_edge.step": str(step)}
+    meta = {STEP_KEY: str(step)}
     names = ("last.safetensors", "last_ema.safetensors", "last_state.pt")  # renamed in this order: the state last
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     tmps = [ckpt / f".{Path(n).stem}{TEMP_MARKER}{token}{Path(n).suffix}" for n in names]
@@ -387,7 +388,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
                 row.update(val_split_psnr=result.psnr, val_split_ssim=result.ssim)
                 if best_psnr is None or result.psnr > best_psnr:
                     best_psnr = result.psnr
-                    _write_weights(run_dir, BEST_WEIGHTS, ema, {"mambaesr_edge.step": str(step), SPLIT_PSNR_KEY: repr(result.psnr)})
+                    _write_weights(run_dir, BEST_WEIGHTS, ema, {STEP_KEY: str(step), SPLIT_PSNR_KEY: repr(result.psnr)})
                     row["best"] = True
             log_file.write(json.dumps(row) + "\n")
             log_file.flush()
@@ -397,7 +398,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     if rank == 0:
         log_file.close()
         _save_checkpoint(run_dir, model, ema, optimizer, step, cfg)
-        _write_weights(run_dir, FINAL_WEIGHTS, ema, {"mambaesr_edge.step": str(step)})
+        _write_weights(run_dir, FINAL_WEIGHTS, ema, {STEP_KEY: str(step)})
         _finish_run(run_dir, ema, cfg, val_pairs)
     if world > 1:
         dist.barrier()
@@ -511,5 +512,5 @@ def _weights_step(path: Path) -> int | None:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
-        step = (handle.metadata() or {}).get("mambaesr_edge.step")
+        step = (handle.metadata() or {}).get(STEP_KEY)
     return int(step) if step is not None else None

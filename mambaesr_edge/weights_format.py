@@ -18,6 +18,8 @@ from .presets import ModelConfig
 CONFIG_KEY = "mambaesr_edge.config"
 FORMAT_KEY = "mambaesr_edge.format"
 FORMAT = "1"
+STEP_KEY = "mambaesr_edge.step"  # the training step a run's weights were saved at
+PROVENANCE_KEY = "mambaesr_edge.provenance"  # shipped models: where the weights come from, as JSON (tools/ship_model.py)
 
 LAYER_NORM_EPS = 1e-5  # every LayerNorm of the network (torch.nn.LayerNorm's default)
 

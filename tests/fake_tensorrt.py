@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from mambaesr_edge.bundle import EngineEnvironment
+from mambaesr_edge.engine_manifest import EngineEnvironment
 from mambaesr_edge.runtime.backends import tensorrt as trt_backend
 
 

@@ -56,6 +56,7 @@ def test_directions_that_must_never_exist():
         "mambaesr_edge.runtime": ("mambaesr_edge.train", "mambaesr_edge.cli", "mambaesr_edge.export"),
         "mambaesr_edge.power": ("mambaesr_edge.model", "mambaesr_edge.cli"),
         "mambaesr_edge.bundle": ("mambaesr_edge.runtime", "mambaesr_edge.export", "mambaesr_edge.cli", "torch"),
+        "mambaesr_edge.engine_manifest": ("mambaesr_edge.runtime", "mambaesr_edge.export", "mambaesr_edge.cli", "torch"),
         "mambaesr_edge.export": ("mambaesr_edge.runtime", "mambaesr_edge.cli"),
     }
     found = []

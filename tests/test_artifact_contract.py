@@ -15,15 +15,8 @@ import numpy as np
 import pytest
 from fake_tensorrt import install_fake_orin
 
-from mambaesr_edge.bundle import (
-    BUILD_SCRIPT_FILE,
-    Bundle,
-    OnnxFile,
-    bundle_engine_problems,
-    read_bundle,
-    write_bundle,
-    write_engine_manifest,
-)
+from mambaesr_edge.bundle import BUILD_SCRIPT_FILE, Bundle, OnnxFile, read_bundle, write_bundle
+from mambaesr_edge.engine_manifest import bundle_engine_problems, write_engine_manifest
 from mambaesr_edge.errors import BackendError, DependencyMissingError, EngineMismatchError
 from mambaesr_edge.export import tensorrt as trt_support
 from mambaesr_edge.fileio import sha256_file

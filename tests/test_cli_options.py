@@ -122,9 +122,10 @@ def test_quiet_drops_notes_and_decisions_but_not_errors(tmp_path, weights, capsy
     out = tmp_path / "out"
     assert main(["upscale", str(src), "-o", str(tmp_path / "one.png"), "-w", str(weights)]) == 0
     assert "[startup]" in capsys.readouterr().err
-    assert main(["-q", "upscale", str(src), "-o", str(tmp_path / "two.png"), "-w", str(weights)]) == 0
-    captured = capsys.readouterr()
-    assert captured.err == "" and "-> " in captured.out
+    for n, quiet_args in enumerate((["-q", "upscale", str(src)], ["upscale", str(src), "--quiet"], ["upscale", "-q", str(src)])):
+        assert main([*quiet_args, "-o", str(tmp_path / f"two{n}.png"), "-w", str(weights)]) == 0
+        captured = capsys.readouterr()
+        assert captured.err == "" and "-> " in captured.out, quiet_args  # before or after the command
     assert main(["--quiet", "upscale", str(tmp_path / "in"), "-o", str(out), "-w", str(weights)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("failed ") and "broken.png" in err[0]  # a file's failure is an error: still shown
@@ -269,3 +270,12 @@ def test_gpu_id_runs_on_that_cuda_device(tmp_path, weights, monkeypatch, capsys)
     capsys.readouterr()
     assert main([*command, "-g", "2"]) == 2 and len(seen) == 2
     assert "GPU 2 is not visible" in capsys.readouterr().err
+
+
+def test_debug_after_the_command_shows_the_traceback(tmp_path):
+    from mambaesr_edge.errors import MambaESRError
+
+    args = ["upscale", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o.png")]
+    assert main(args) == 2  # a user error: one line and exit 2
+    with pytest.raises(MambaESRError):
+        main([*args, "--debug"])  # --debug on either side of the command: the exception itself

@@ -16,17 +16,10 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from mambaesr_edge.bundle import (  # noqa: E402
-    Bundle,
-    BundleError,
-    EngineEnvironment,
-    OnnxFile,
-    bundle_engine_problems,
-    read_bundle,
-    write_engine_manifest,
-)
+from mambaesr_edge.bundle import Bundle, BundleError, OnnxFile, read_bundle  # noqa: E402
 from mambaesr_edge.checkpoint import load_model, save_weights, sha256_file  # noqa: E402
 from mambaesr_edge.cli import main  # noqa: E402
+from mambaesr_edge.engine_manifest import EngineEnvironment, bundle_engine_problems, write_engine_manifest  # noqa: E402
 from mambaesr_edge.export import tensorrt as trt_support  # noqa: E402
 from mambaesr_edge.export.cost import analytic_macs_per_pixel, graph_cost, roofline  # noqa: E402
 from mambaesr_edge.export.onnx import FORBIDDEN_OPS, FP32_PREFIX, OnnxExportError, check_graph, export_onnx, read_metadata  # noqa: E402

@@ -20,8 +20,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from mambaesr_edge import native_build  # noqa: E402
-from mambaesr_edge.bundle import EngineEnvironment, bundle_engine_problems, read_bundle, write_bundle, write_engine_manifest  # noqa: E402
+from mambaesr_edge.bundle import read_bundle, write_bundle  # noqa: E402
 from mambaesr_edge.checkpoint import sha256_file  # noqa: E402
+from mambaesr_edge.engine_manifest import EngineEnvironment, bundle_engine_problems, write_engine_manifest  # noqa: E402
 from mambaesr_edge.errors import ConfigError, DependencyMissingError  # noqa: E402
 from mambaesr_edge.export import tensorrt as trt_support  # noqa: E402
 from mambaesr_edge.export.cost import SCAN_FLOPS_PER_STATE, graph_cost, roofline  # noqa: E402

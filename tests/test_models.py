@@ -14,7 +14,7 @@ from PIL import Image
 
 from mambaesr_edge.cli import main
 from mambaesr_edge.fileio import sha256_file
-from mambaesr_edge.models import DEFAULT_MODEL, MODELS, PARAM_BUDGET, UnknownModelError, get_model, looks_like_name
+from mambaesr_edge.models import DEFAULT_MODEL, MODELS, PARAM_BUDGET, PLANNED, NamedModel, UnknownModelError, get_model, looks_like_name
 from mambaesr_edge.resources import asset_path, default_weights_path, frontier_path, model_weights_path
 from mambaesr_edge.runtime.source import SourceKind, classify
 
@@ -53,15 +53,26 @@ def test_registry_and_resolver_do_not_import_torch():
     assert out.stdout.strip() == "False", out.stderr
 
 
-def test_classify_accepts_names_and_lists_them_for_an_unknown_one(tmp_path, monkeypatch):
+@pytest.fixture()
+def planned_model(monkeypatch) -> str:
+    """A registered but untrained name (every issue-15 name ships now; a later model may be planned first)."""
+    entry = NamedModel(name="huge", status=PLANNED, summary="not trained yet: a test entry", network="DVMSR x2",
+                       params=848_856, weights_file=None, set5_target=32.5, provenance="test", recipe="tools/gpu_train_named.sh")
+    monkeypatch.setitem(MODELS, "huge", entry)
+    return "huge"
+
+
+def test_classify_accepts_names_and_lists_them_for_an_unknown_one(tmp_path, monkeypatch, planned_model):
     source = classify("dvmsr-g1")
     assert source.kind == SourceKind.WEIGHTS and source.path == default_weights_path() and source.name == "dvmsr-g1"
     assert source.label == "model dvmsr-g1" and classify(Path("dvmsr-g1")).path == source.path
     with pytest.raises(UnknownModelError, match="unknown model 'fastest'") as unknown:
         classify("fastest")
-    assert "dvmsr-g1" in unknown.value.hint and "fast, balanced, quality" in unknown.value.hint
-    with pytest.raises(UnknownModelError, match="'balanced' is not trained yet"):
-        classify("balanced")
+    assert "dvmsr-g1, fast, balanced, quality" in unknown.value.hint and "not trained yet: huge" in unknown.value.hint
+    with pytest.raises(UnknownModelError, match="'huge' is not trained yet"):
+        classify("huge")
+    for name in ("fast", "balanced", "quality"):
+        assert classify(name).path == model_weights_path(name) != default_weights_path()
     monkeypatch.chdir(tmp_path)  # an existing path wins over a name
     (tmp_path / "dvmsr-g1").write_bytes(b"x")
     with pytest.raises(Exception, match="cannot tell the backend"):
@@ -87,11 +98,11 @@ def test_upscale_by_name(spelling, small_image, tmp_path, capsys):
     assert by_name.shape == (80, 96, 3) and np.array_equal(by_name, np.asarray(Image.open(tmp_path / "w.png")))
 
 
-def test_upscale_with_an_untrained_or_unknown_name_fails_cleanly(small_image, tmp_path, capsys):
+def test_upscale_with_an_untrained_or_unknown_name_fails_cleanly(small_image, tmp_path, capsys, planned_model):
     out = tmp_path / "out.png"
-    assert main(["upscale", str(small_image), "-o", str(out), "-n", "quality"]) == 2
+    assert main(["upscale", str(small_image), "-o", str(out), "-n", planned_model]) == 2
     err = capsys.readouterr().err
-    assert "'quality' is not trained yet" in err and "Traceback" not in err and not out.exists()
+    assert "'huge' is not trained yet" in err and "Traceback" not in err and not out.exists()
     assert main(["upscale", str(small_image), "-o", str(out), "--model", "bogus"]) == 2
     assert "unknown model 'bogus'" in capsys.readouterr().err
 
@@ -110,7 +121,7 @@ def test_eval_by_name(tmp_path, capsys):
     assert reports[0]["params"] == 151_368
 
 
-def test_export_by_name(tmp_path, monkeypatch, capsys):
+def test_export_by_name(tmp_path, monkeypatch, capsys, planned_model):
     """export -n NAME loads that model's weights (the bundle writing itself is tested in test_export.py)."""
     import mambaesr_edge.export.writer as writer
 
@@ -130,7 +141,7 @@ def test_export_by_name(tmp_path, monkeypatch, capsys):
         assert seen == {"sha256": DEFAULT_SHA256, "groups": 1}
     code = main(["export", "--device", "x86-cpu", "-n", "dvmsr-g1", "-w", str(default_weights_path()), "--out", str(tmp_path / "b")])
     assert code == 2 and "--model or --weights, not both" in capsys.readouterr().err
-    assert main(["export", "--device", "x86-cpu", "-n", "fast", "--out", str(tmp_path / "b")]) == 2
+    assert main(["export", "--device", "x86-cpu", "-n", planned_model, "--out", str(tmp_path / "b")]) == 2
     assert "not trained yet" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
@@ -143,7 +154,7 @@ def test_bench_by_name(tmp_path, capsys):
     assert report["meta"]["model"]["weights_sha256"] == DEFAULT_SHA256 and report["meta"]["model"]["params"] == 151_368
 
 
-def test_models_command_prints_registry_and_frontier(tmp_path, capsys):
+def test_models_command_prints_registry_and_frontier(tmp_path, capsys, planned_model):
     frontier = {"date": "2026-01-01", "device": "test cpu", "command": "benchmarks/models.py", "rows": [
         {"name": "dvmsr-g1", "kind": "shipped", "params": 151368, "datasets": {"Set5": {"psnr": 31.0735, "ssim": 0.8775}},
          "fp16_onnx_drop_db": 0.0012, "orin_nano_ms_per_tile": {"pure_op": 16.3, "plugin": 0.55}, "cpu_seconds_128": 0.77,
@@ -157,8 +168,9 @@ def test_models_command_prints_registry_and_frontier(tmp_path, capsys):
     out = capsys.readouterr().out
     lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("│")}
     assert "31.07 / 0.8775" in lines["dvmsr-g1"] and "shipped" in lines["dvmsr-g1"] and "0.77" in lines["dvmsr-g1"]
-    for name, target in (("fast", "31.25"), ("balanced", "31.85"), ("quality", "32.15")):
-        assert "not trained yet" in lines[name] and target in lines[name]
+    assert "not trained yet" in lines[planned_model] and "32.5" in lines[planned_model]
+    for name, target in (("fast", "31.25"), ("balanced", "31.85"), ("quality", "32.15")):  # shipped, not in this frontier file
+        assert "shipped" in lines[name] and target in lines[name] and "not trained yet" not in lines[name]
     assert "32.18 / 0.8946" in lines["DVMSR"] and "424,428" in lines["DVMSR"] and "28.43" in lines["bicubic"]
     assert main(["models", "--frontier", str(tmp_path / "missing.json")]) == 2
 
@@ -186,3 +198,20 @@ def test_each_shipped_model_keeps_its_committed_set5_psnr(benchmark_dir):
             assert up.backend.info.name == "numpy"
             result = evaluate_upscaler(up, benchmark_dir / "Set5", scale=4)
             assert result.psnr == pytest.approx(rows[name]["datasets"]["Set5"]["psnr"], abs=0.01), name
+
+
+def test_named_models_carry_their_provenance():
+    """tools/ship_model.py writes where each named model's weights come from into the file (issue 15)."""
+    from safetensors import safe_open
+
+    from mambaesr_edge.weights_format import PROVENANCE_KEY
+
+    for name in ("fast", "balanced", "quality"):
+        with safe_open(str(model_weights_path(name)), framework="np") as handle:
+            provenance = json.loads(handle.metadata()[PROVENANCE_KEY])
+        assert provenance["name"] == name and provenance["params"] == MODELS[name].params and provenance["source"]
+    for name in ("fast", "balanced"):  # the registry says what the file says: cut schedules, nothing selected
+        with safe_open(str(model_weights_path(name)), framework="np") as handle:
+            provenance = json.loads(handle.metadata()[PROVENANCE_KEY])
+        assert provenance["schedule_completed"] is False and "cut" in MODELS[name].provenance
+        assert f"{provenance['steps']:,}" in MODELS[name].provenance and provenance["val_from_train"] == 0

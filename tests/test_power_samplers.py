@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -24,6 +25,7 @@ from mambaesr_edge.power import (
     parse_tegrastats_line,
     select_sampler,
 )
+from mambaesr_edge.profiles import load_profile
 
 SYNTHETIC_LINES = """\
 ## [1]
@@ -108,7 +110,10 @@ def nothing_else_present(monkeypatch):
 
 def test_select_from_profile_and_override(fake_tegrastats, nothing_else_present):
     assert isinstance(select_sampler("orin-nano"), TegrastatsSampler)
-    assert isinstance(select_sampler(SimpleNamespace(name="x", power_sampler="jtop")), TegrastatsSampler)  # fallback
+    jtop_profile = dataclasses.replace(load_profile("orin-nano"), name="x", power_sampler="jtop")
+    assert isinstance(select_sampler(jtop_profile), TegrastatsSampler)  # fallback
+    with pytest.raises(ConfigError, match="cannot pick a power sampler from SimpleNamespace"):
+        select_sampler(SimpleNamespace(name="x", power_sampler="jtop"))  # duck-typed profiles are not read
     assert isinstance(select_sampler(None), TegrastatsSampler)
     assert isinstance(select_sampler("orin-nano", override="none"), NullSampler)
     assert isinstance(select_sampler(None, override="tegrastats", interval_s=0.5), TegrastatsSampler)

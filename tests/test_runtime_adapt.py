@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +10,7 @@ from test_runtime_fakes import FakeBackend, nearest
 
 from mambaesr_edge.runtime import Upscaler
 from mambaesr_edge.runtime.adapt import (
+    ConfiguredDefaults,
     LatencyController,
     TileSettings,
     choose_settings,
@@ -22,15 +23,11 @@ from mambaesr_edge.runtime.errors import BackendOutOfMemoryError
 MIB = 2**20
 
 
-@dataclass(frozen=True)
-class Profile:  # the DeviceProfile fields the runtime reads
-    name: str = "fake-jetson"
-    backend: str = "torch"
-    precision: str = "fp32"
-    tile: int = 48
-    overlap: int = 8
-    batch: int = 4
-    memory_budget_mib: int = 4096
+def jetson_profile(**changes):
+    """A real DeviceProfile (the shipped orin-nano's: TensorRT, fp16) with some fields changed."""
+    from mambaesr_edge.profiles import load_profile
+
+    return replace(load_profile("orin-nano"), name="fake-jetson", **changes)
 
 
 def frame(seed: int, h: int = 24, w: int = 24) -> np.ndarray:
@@ -46,7 +43,8 @@ def test_requested_values_win_then_profile_then_memory():
     decisions = []
     s = choose_settings(tile=32, overlap=4, batch=2, free_bytes=8 * 2**30, decisions=decisions)
     assert s == TileSettings((32, 32), 4, 2, "fp32", "cosine") and decisions == []
-    s = choose_settings(profile=Profile(), free_bytes=8 * 2**30, decisions=decisions)
+    profile = ConfiguredDefaults("device profile fake-jetson", tile=48, overlap=8, batch=4, memory_budget_mib=4096)
+    s = choose_settings(defaults=profile, free_bytes=8 * 2**30, decisions=decisions)
     assert s.tile == (48, 48) and s.overlap == 8 and s.batch == 4
     assert "profile" in decisions[-1].reason
     s = choose_settings(tile=0)
@@ -59,8 +57,8 @@ def test_tile_and_batch_follow_free_memory():
     assert roomy.tile == (256, 256)
     assert tight.tile == (48, 48)
     decisions = []
-    profile = Profile(batch=8, tile=64, memory_budget_mib=100_000)
-    shrunk = choose_settings(profile=profile, free_bytes=2 * estimate_tile_bytes((64, 64), 2), decisions=decisions)
+    profile = ConfiguredDefaults("device profile fake-jetson", batch=8, tile=64, memory_budget_mib=100_000)
+    shrunk = choose_settings(defaults=profile, free_bytes=2 * estimate_tile_bytes((64, 64), 2), decisions=decisions)
     assert shrunk.batch == 2 and sum("batch" in d.action for d in decisions) == 2
 
 
@@ -150,7 +148,7 @@ def test_from_profile_object_sets_tiling_and_runs_weights_in_torch(tmp_path):
 
     torch.manual_seed(0)
     weights = save_weights(MambaSR(get_preset("test")), tmp_path / "w.safetensors")
-    profile = Profile(backend="tensorrt", precision="fp16", tile=24, overlap=6, batch=2)
+    profile = jetson_profile(tile=24, overlap=6, batch=2)
     up = Upscaler.from_profile(profile, weights, free_bytes=2**30)
     # weights are not an export: the profile's tiling; the engine is the one the resolver picks for weights
     # (runtime/source.py): numpy on the CPU in fp32, torch on CUDA
@@ -172,3 +170,14 @@ def test_from_profile_by_name_when_profiles_exist(tmp_path):
     up = Upscaler.from_profile(name, weights)
     expected = profiles.load_profile(name)
     assert up.settings.tile == (expected.tile, expected.tile) and up.settings.overlap == expected.overlap
+
+
+def test_configured_defaults_come_from_the_typed_profile():
+    from mambaesr_edge.runtime.upscaler import configured_defaults
+
+    profile = jetson_profile(tile=24, overlap=6, batch=2, memory_budget_mib=512)
+    assert configured_defaults(profile) == ConfiguredDefaults("device profile fake-jetson", 24, 6, 2, "fp16", 512)
+    assert configured_defaults(None) is None
+    decisions = []
+    s = choose_settings(defaults=configured_defaults(profile), free_bytes=2**40, decisions=decisions)
+    assert s.tile == (24, 24) and s.batch == 2 and "from device profile fake-jetson" in decisions[0].reason

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from mambaesr_edge.bundle import EngineEnvironment, read_bundle
-from mambaesr_edge.bundle import engine_problems as engine_manifest_problems
+from mambaesr_edge.bundle import read_bundle
 from mambaesr_edge.checkpoint import save_weights, sha256_file
+from mambaesr_edge.engine_manifest import EngineEnvironment
+from mambaesr_edge.engine_manifest import engine_problems as engine_manifest_problems
 from mambaesr_edge.model import MambaSR
 from mambaesr_edge.presets import get_preset
 from mambaesr_edge.runtime import Backend, Upscaler, open_backend

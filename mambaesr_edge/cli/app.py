@@ -175,6 +175,17 @@ def _root(
     ctx.obj = GlobalOptions(debug=debug, quiet=quiet, threads=threads)
 
 
+ROOT_FLAGS = ("--quiet", "-q", "--debug")  # root options that may also follow the command name
+
+
+def root_flags_first(args: list[str]) -> list[str]:
+    """``upscale IMG -o OUT --quiet`` means ``--quiet upscale IMG -o OUT``: the root's flags (ROOT_FLAGS) move in front
+    of the command, so they work on either side of it as --threads does; nothing after a ``--`` is touched."""
+    end = args.index("--") if "--" in args else len(args)
+    head = args[:end]
+    return [a for a in head if a in ROOT_FLAGS] + [a for a in head if a not in ROOT_FLAGS] + args[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; turn user errors into one line + hint and exit code 2, Ctrl-C into exit code 130.
 
@@ -182,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     anywhere else typer turns the KeyboardInterrupt into exit code 130 (older typer/click: Abort) and we say
     "interrupted". Either way every file written is complete (atomic writes) and no traceback is shown.
     """
-    args = sys.argv[1:] if argv is None else argv
+    args = root_flags_first(sys.argv[1:] if argv is None else list(argv))
     debug = "--debug" in args
     try:
         result = app(args=args, prog_name="mambaesr-edge", standalone_mode=False)

@@ -157,7 +157,8 @@ def build_engine_command(
     manifest_only: bool = typer.Option(False, "--manifest-only", help="Only record model.engine.json for an engine built by trtexec."),
 ) -> None:
     """Build the bundle's TensorRT engine here with the Python API (on the target device), or say why it is up to date."""
-    from ..bundle import EngineEnvironment, bundle_engine_problems, read_bundle, write_engine_manifest
+    from ..bundle import read_bundle
+    from ..engine_manifest import EngineEnvironment, bundle_engine_problems, write_engine_manifest
     from ..export import tensorrt as trt_support
     from ..profiles import load_profile
 

@@ -11,7 +11,7 @@ Steps, in order (a step that needs what an earlier one could not give is skipped
 - ``plugin``: the native scan's TensorRT plugin (csrc/scan_plugin.cu) compiled with nvcc for this GPU's SM against
   TensorRT's headers (native_build.plugin_command), cached under native_build.cache_dir(); skipped without nvcc,
   headers, a known SM, or TensorRT 10 (IPluginV3).
-- ``engine``: the bundle's engine built here when missing or stale (bundle.bundle_engine_problems), timing cache
+- ``engine``: the bundle's engine built here when missing or stale (engine_manifest.bundle_engine_problems), timing cache
   kept in ``OUT/timing-PROFILE.cache`` across re-exports; skipped without TensorRT or a GPU.
 - ``parity-onnx``: ONNX Runtime (fp32 graph, CPU) against the numpy model (torch where numpy cannot run the config)
   on tiles of the shipped sample image: fp32 thresholds of export.parity.ParityThresholds.
@@ -33,15 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import (
-    PARITY_FILE,
-    Bundle,
-    EngineEnvironment,
-    bundle_engine_problems,
-    is_bundle,
-    read_bundle,
-    write_engine_manifest,
-)
+from ..bundle import PARITY_FILE, Bundle, is_bundle, read_bundle
+from ..engine_manifest import EngineEnvironment, bundle_engine_problems, write_engine_manifest
 from ..errors import BundleError, MambaESRError
 from ..profiles import DeviceProfile
 from .checks import FAIL, PASS, SKIP, Check

@@ -15,7 +15,7 @@ first: `IPluginRegistry.load_library` here, `trtexec --dynamicPlugins` in build_
 the library's sha256. `engine_settings(..., plugin=False)` builds the pure-op graph instead.
 
 Engines are not portable across GPUs or TensorRT versions: `engine_manifest` makes the record of what the engine was
-built with and from (the format and the staleness rule live in mambaesr_edge/bundle.py, shared with the runtime).
+built with and from (the format and the staleness rule live in mambaesr_edge/engine_manifest.py, shared with the runtime).
 TensorRT exists nowhere in the development workplace: everything here but `build_engine`'s calls into `tensorrt`
 is unit-tested with fakes.
 """
@@ -31,14 +31,8 @@ from pathlib import Path
 from types import ModuleType
 
 from .. import native_build
-from ..bundle import (
-    BUILD_PLUGIN_SCRIPT_FILE,
-    ENGINE_FILE,
-    ENGINE_MANIFEST_FILE,
-    TIMING_CACHE_FILE,
-    Bundle,
-    EngineManifest,
-)
+from ..bundle import BUILD_PLUGIN_SCRIPT_FILE, ENGINE_FILE, ENGINE_MANIFEST_FILE, TIMING_CACHE_FILE, Bundle
+from ..engine_manifest import EngineManifest
 from ..errors import ConfigError, DependencyMissingError, MambaESRError, NativeCodeError
 from ..fileio import atomic_write, sha256_file
 from ..gpu import gpu_identity
@@ -291,7 +285,7 @@ def engine_manifest(
     bundle: Bundle, settings: EngineSettings, *, trt_version: str, gpu_name: str, compute_capability: str
 ) -> EngineManifest:
     """The record of the engine just built in ``bundle``: what it was built with (TensorRT, GPU) and from (ONNX,
-    weights, profile, shapes). Written with ``bundle.write_engine_manifest``; checked by ``bundle.engine_problems``."""
+    weights, profile, shapes). Written with ``engine_manifest.write_engine_manifest``; checked by ``engine_manifest.engine_problems``."""
     root = bundle.root
     return EngineManifest(
         engine=settings.engine_file,

@@ -41,8 +41,8 @@ from ..bundle import (
     BundleError,
     OnnxFile,
     write_bundle,
-    write_engine_manifest,
 )
+from ..engine_manifest import write_engine_manifest
 from ..errors import ConfigError, DiskFullError
 from ..fileio import disk_full_error
 from ..machine import package_versions, utc_now

@@ -58,26 +58,28 @@ def _preferred_from(profile_name_or_sampler: object) -> tuple[str | None, str]:
         return None, "auto"
     if isinstance(profile_name_or_sampler, str) and profile_name_or_sampler in SAMPLERS:
         return profile_name_or_sampler, "argument"
-    if isinstance(profile_name_or_sampler, str):
-        from ..profiles import load_profile
+    from ..profiles import DeviceProfile, load_profile
 
+    if isinstance(profile_name_or_sampler, str):
         profile = load_profile(profile_name_or_sampler)
-    else:
+    elif isinstance(profile_name_or_sampler, DeviceProfile):
         profile = profile_name_or_sampler
-    sampler = getattr(profile, "power_sampler", None)
-    if sampler not in SAMPLERS:
+    else:
+        raise ConfigError(f"cannot pick a power sampler from {type(profile_name_or_sampler).__name__}",
+                          hint=f"pass a sampler name ({', '.join(SAMPLER_NAMES)}), a device profile name or a DeviceProfile")
+    if profile.power_sampler not in SAMPLERS:
         raise ConfigError(
-            f"profile {getattr(profile, 'name', profile)!r} names power sampler {sampler!r}",
+            f"profile {profile.name!r} names power sampler {profile.power_sampler!r}",
             hint=f"use one of {', '.join(SAMPLER_NAMES)} in the profile",
         )
-    return sampler, f"profile {getattr(profile, 'name', '?')}"
+    return profile.power_sampler, f"profile {profile.name}"
 
 
 def select_sampler(
     profile_name_or_sampler: object = None, override: str | None = None, *, interval_s: float | None = None
 ) -> PowerSampler:
-    """The sampler to use: `override` (a sampler name, or "auto"/None) wins over the profile (a name, an object with
-    `power_sampler`, or a sampler name). Never raises for auto-selection: falls back to `NullSampler` with a reason."""
+    """The sampler to use: `override` (a sampler name, or "auto"/None) wins over the profile (a name, a DeviceProfile,
+    or a sampler name). Never raises for auto-selection: falls back to `NullSampler` with a reason."""
     if override not in (None, "auto"):
         if override == "none":
             return NullSampler("disabled with --power none")

@@ -3,7 +3,8 @@
 Every choice is a ``Decision`` record (stage, action, reason), logged at INFO (WARNING for OOM and fp16 fallbacks)
 and returned to the caller, so users see why the runtime did what it did.
 
-* Start-up (``choose_settings``): the requested values win; else the device profile's; else the largest tile whose
+* Start-up (``choose_settings``): the requested values win; else the device profile's or the export bundle's
+  (``ConfiguredDefaults``, typed); else the largest tile whose
   estimated working set (``estimate_tile_bytes``) fits in half the memory actually free (CUDA:
   ``torch.cuda.mem_get_info``; CPU: MemAvailable from /proc/meminfo, psutil, or ``os.sysconf``), capped by the
   profile's ``memory_budget_mib``. A backend with a fixed input shape fixes the tile.
@@ -33,6 +34,7 @@ __all__ = [
     "Decision",
     "LatencyController",
     "TileSettings",
+    "ConfiguredDefaults",
     "choose_settings",
     "estimate_tile_bytes",
     "free_memory_bytes",
@@ -130,6 +132,19 @@ def _fits(tile: int, batch: int, budget: int | None, model_dims: dict) -> bool:
     return budget is None or estimate_tile_bytes((tile, tile), batch, **model_dims) <= budget
 
 
+@dataclass(frozen=True)
+class ConfiguredDefaults:
+    """The start-up values a device profile or an export bundle sets (None: it sets none) and where they come from;
+    ``Upscaler`` builds it from a ``DeviceProfile`` or a ``Bundle`` (``runtime.upscaler.configured_defaults``)."""
+
+    source: str  # for the decision log: "device profile orin-nano", "the export bundle"
+    tile: int | None = None
+    overlap: int | None = None
+    batch: int | None = None
+    precision: str | None = None
+    memory_budget_mib: int | None = None
+
+
 def choose_settings(
     *,
     tile: int | None = None,
@@ -137,7 +152,7 @@ def choose_settings(
     batch: int | None = None,
     precision: str | None = None,
     blend: str = "cosine",
-    profile: object | None = None,
+    defaults: ConfiguredDefaults | None = None,
     fixed_input_hw: tuple[int, int] | None = None,
     free_bytes: int | None = None,
     model_dims: dict | None = None,
@@ -145,12 +160,13 @@ def choose_settings(
 ) -> TileSettings:
     """Settings for start-up. ``tile=0`` means the whole image; None means choose. Pure given ``free_bytes``."""
     dims = model_dims or {}
+    configured = defaults or ConfiguredDefaults(source="")
     budget = free_bytes // 2 if free_bytes is not None else None
-    profile_budget = getattr(profile, "memory_budget_mib", None)
-    if profile_budget:
-        budget = min(budget, profile_budget * 2**20) if budget is not None else profile_budget * 2**20
-    chosen_batch = batch or getattr(profile, "batch", None) or 1
-    chosen_precision = precision or getattr(profile, "precision", None) or "fp32"
+    if configured.memory_budget_mib:
+        profile_budget = configured.memory_budget_mib * 2**20
+        budget = min(budget, profile_budget) if budget is not None else profile_budget
+    chosen_batch = batch or configured.batch or 1
+    chosen_precision = precision or configured.precision or "fp32"
     if chosen_precision not in PRECISIONS:
         raise RuntimeConfigError(f"precision must be fp32 or fp16, got {chosen_precision!r}", hint="use --fp32 or --fp16")
     if fixed_input_hw is not None:
@@ -161,10 +177,9 @@ def choose_settings(
         tile_hw = None
     elif tile is not None:
         tile_hw = (tile, tile)
-    elif getattr(profile, "tile", None):
-        tile_hw = (profile.tile, profile.tile)
-        source = f"device profile {profile.name}" if getattr(profile, "name", None) else "the export bundle"
-        record(decisions, Decision("startup", f"tile {profile.tile}", f"from {source}"))
+    elif configured.tile:
+        tile_hw = (configured.tile, configured.tile)
+        record(decisions, Decision("startup", f"tile {configured.tile}", f"from {configured.source}"))
     else:
         fitting = [t for t in TILE_CANDIDATES if _fits(t, chosen_batch, budget, dims)] or [MIN_TILE]
         tile_hw = (fitting[0], fitting[0])
@@ -175,8 +190,7 @@ def choose_settings(
             record(decisions, Decision("startup", f"batch {chosen_batch} -> {chosen_batch // 2}", "estimated working set exceeds the memory budget"))
             chosen_batch //= 2
     if overlap is None:
-        overlap = getattr(profile, "overlap", None)
-        overlap = DEFAULT_OVERLAP if overlap is None else overlap
+        overlap = DEFAULT_OVERLAP if configured.overlap is None else configured.overlap
     if tile_hw is not None and 2 * overlap > min(tile_hw):
         new = min(tile_hw) // 4
         reason = f"overlap {overlap} is more than half the tile {min(tile_hw)}: reduced to a quarter of the tile"

@@ -34,7 +34,7 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import ConfigError
 from ..profiles import DeviceProfile, load_profile
-from .adapt import Decision, TileSettings, choose_settings, free_memory_bytes
+from .adapt import ConfiguredDefaults, Decision, TileSettings, choose_settings, free_memory_bytes
 from .backends.base import Backend, BackendInfo
 from .backends.select import open_planned, plan_for
 from .backends.torch import TorchBackend
@@ -88,7 +88,7 @@ class Upscaler:
             batch=batch,
             precision=info.precision,
             blend=blend,
-            profile=profile,
+            defaults=configured_defaults(profile),
             fixed_input_hw=info.input_hw,
             free_bytes=measured,
             model_dims=_model_dims(info),
@@ -189,6 +189,17 @@ class Upscaler:
 
     def __repr__(self) -> str:
         return f"Upscaler({self.backend!r}, {self.settings}, channel_order={self.channel_order!r})"
+
+
+def configured_defaults(profile: DeviceProfile | Bundle | None) -> ConfiguredDefaults | None:
+    """What a device profile (tile, overlap, batch, precision, memory budget) or an export bundle (the tile, overlap,
+    batch and precision it was exported for) sets for start-up."""
+    if isinstance(profile, DeviceProfile):
+        return ConfiguredDefaults(f"device profile {profile.name}", profile.tile, profile.overlap, profile.batch, profile.precision,
+                                  profile.memory_budget_mib)
+    if isinstance(profile, Bundle):
+        return ConfiguredDefaults("the export bundle", profile.tile, profile.overlap, profile.batch, profile.precision)
+    return None
 
 
 def _fit_token_limit(settings: TileSettings, max_tokens: int | None, decisions: list[Decision]) -> TileSettings:

@@ -3,10 +3,10 @@
 NOT RUN IN THIS WORKPLACE: TensorRT (and a CUDA GPU) exist nowhere here, so this module is written against the
 TensorRT 8.5+/10.x name-based tensor API (``num_io_tensors``, ``get_tensor_name``, ``set_input_shape``,
 ``set_tensor_address``, ``execute_async_v3``) and tested only through its pure parts: the staleness rule
-(``mambaesr_edge.bundle.engine_problems``, shared with build-engine) is unit-tested; tests that need a real engine are marked
+(``mambaesr_edge.engine_manifest.engine_problems``, shared with build-engine) is unit-tested; tests that need a real engine are marked
 ``@pytest.mark.tensorrt`` and skip without the ``tensorrt`` package.
 
-Before deserializing, the engine's manifest is checked by ``bundle.engine_problems`` (this GPU, this TensorRT release,
+Before deserializing, the engine's manifest is checked by ``engine_manifest.engine_problems`` (this GPU, this TensorRT release,
 the bundle's weights / graph / profile, the engine and plugin files); any problem raises ``EngineMismatchError``
 (engines are not portable across GPUs or TensorRT releases, and a stale engine would silently run old weights). A
 plugin library the manifest names is registered with TensorRT before deserialising.
@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...bundle import (
-    BUILD_SCRIPT_FILE,
-    Bundle,
+from ...bundle import BUILD_SCRIPT_FILE, Bundle
+from ...engine_manifest import (
     EngineEnvironment,
     EngineManifest,
     bundle_engine_problems,
@@ -48,7 +47,7 @@ log = logging.getLogger(__name__)
 
 class TensorRTBackend:
     def __init__(self, engine_path: str | Path, *, device: str = "cuda", bundle: Bundle | None = None) -> None:
-        """Check the engine against this GPU and TensorRT (``bundle.engine_problems``: the one staleness rule),
+        """Check the engine against this GPU and TensorRT (``engine_manifest.engine_problems``: the one staleness rule),
         load the plugin library its manifest names, then deserialise. ``bundle``: the bundle it belongs to (then
         its weights, graph and profile are checked too, and its config is known)."""
         try:
