@@ -44,7 +44,8 @@ cudaError_t diagnostic(ScanParams const& p, int, void*, size_t, cudaStream_t s) 
     return launch_scan_variant<T, kItems, kCpb, false, kMinWarps, kPass>(p, s);
 }
 
-cudaError_t committed(ScanParams const& p, int, void*, size_t, cudaStream_t s) { return launch_selective_scan(p, s); }
+// the policy (segments 0), with the workspace the script allocates for any split
+cudaError_t committed(ScanParams const& p, int, void* ws, size_t bytes, cudaStream_t s) { return launch_selective_scan(p, ws, bytes, s); }
 
 struct Variant {
     char const* name;

@@ -526,31 +526,121 @@ inline bool valid_params(ScanParams const& p) {
            (p.dtype == kScanFloat32 || p.dtype == kScanFloat16);
 }
 
-template <typename T>
-inline cudaError_t launch_for_dtype(ScanParams const& p, cudaStream_t stream, bool few_blocks, size_t smem_optin) {
-    bool const has_z = p.z != nullptr;
-    // Few blocks (one per SM or fewer: small batches): the chunks' sequence is the critical path, so the longest
-    // chunks (16 tokens a lane) and no occupancy target. Many blocks: 8 tokens a lane with 16 warps per SM resident,
-    // the fastest measured (benchmarks/scan_native_*.json). Smaller blocks only when N's tiles do not fit otherwise.
-    if (few_blocks && scan_smem_bytes(16, p.n_state, 16, has_z) <= smem_optin) {
-        return launch_scan_variant<T, 16, 16, false, 8>(p, stream);
-    }
-    if (scan_smem_bytes(16, p.n_state, 8, has_z) <= smem_optin) return launch_scan_variant<T, 8, 16, false, 16>(p, stream);
-    return launch_scan_variant<T, 8, 4, false, 16>(p, stream);
+// ---- The shipped launcher (launch_selective_scan: scan_capi.cu, scan_plugin.cu) and its split policy ----
+
+// POLICY: how many segments launch_selective_scan cuts L into for these shapes, on a GPU of `sms` SMs that holds
+// `blocks_per_sm` blocks of the launcher's kernel each (occupancy API). Host-only arithmetic, no device call.
+//
+// Today 1 always: the split (kPassEndState + kPassReplay, launch_scan_segmented) has not been measured on a GPU yet.
+// The measurement is `python3 tools/scan_variants_gpu.py --json out.json` (the "split" rows against "launcher", batch
+// 1/8/32, default shapes). Where it shows the split faster, this becomes the measured rule, presumably the fill-the-GPU
+// count of launch_split's `segments = 0`,
+//     S = max(1, sms * blocks_per_sm / (batch * ceil(dim / 16)))   when L has at least <measured> chunks a segment,
+// and nothing else changes: the workspace (selective_scan_workspace_bytes) follows from this function, and the
+// plugin's getWorkspaceSize takes the largest need over its profile's batch and channel ranges at the longest L, so
+// the need must not fall as L grows (tests/test_csrc.py checks that on a grid).
+inline int selective_scan_segments(int batch, int dim, int n_state, int length, int sms, int blocks_per_sm) {
+    (void)batch, (void)dim, (void)n_state, (void)length, (void)sms, (void)blocks_per_sm;
+#ifdef MAMBAESR_TEST_SEGMENTS  // test builds only (tests/test_csrc.py): the plugin's workspace and split path on a GPU
+    return MAMBAESR_TEST_SEGMENTS;
+#else
+    return 1;
+#endif
 }
 
-// Launches the scan on `stream`. Returns cudaSuccess, cudaErrorInvalidValue for bad parameters (or an n_state whose
-// tiles do not fit this GPU's shared memory), or the launch's error.
-inline cudaError_t launch_selective_scan(ScanParams const& p, cudaStream_t stream) {
-    if (!valid_params(p)) return cudaErrorInvalidValue;
+// Workspace bytes for L cut into `segments` (0 when 1). Segments are capped at one per 128-token chunk (the shortest
+// chunk of any variant), so this bounds what launch_split needs for every variant's chunk length.
+inline size_t split_workspace_bytes(int batch, int dim, int n_state, int length, int segments) {
+    int const shortest_chunk = kLanes * 8;
+    int const capped = std::min(segments, (length + shortest_chunk - 1) / shortest_chunk);
+    return capped > 1 ? sizeof(float) * segment_workspace_floats(batch, dim, n_state, capped) : 0;
+}
+
+// Workspace bytes launch_selective_scan needs under the policy for these shapes (0 when it does not split).
+inline size_t selective_scan_workspace_bytes(int batch, int dim, int n_state, int length, int sms, int blocks_per_sm) {
+    return split_workspace_bytes(batch, dim, n_state, length, selective_scan_segments(batch, dim, n_state, length, sms, blocks_per_sm));
+}
+
+// One variant of the kernel template as a type, for the launcher's dispatch (no prefetch in any shipped variant).
+template <typename T_, int kItems_, int kCpb_, int kMinWarps_>
+struct ShippedVariant {
+    using T = T_;
+    static constexpr int kItems = kItems_, kCpb = kCpb_, kMinWarps = kMinWarps_;
+};
+
+// Calls visit(ShippedVariant<...>{}, sms) with the variant the launcher runs for p's shapes and dtype on the current
+// device. Few blocks (one per SM or fewer: small batches): the chunks' sequence is the critical path, so the longest
+// chunks (16 tokens a lane) and no occupancy target. Many blocks: 8 tokens a lane with 16 warps per SM resident, the
+// fastest measured (benchmarks/scan_native_*.json). Smaller blocks only when N's tiles do not fit otherwise.
+template <typename Visit>
+inline cudaError_t visit_shipped_variant(ScanParams const& p, Visit&& visit) {
     int device = 0, sms = 0, smem_optin = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (err != cudaSuccess) return err;
     bool const few_blocks = int64_t(p.batch) * ((p.dim + 15) / 16) <= int64_t(sms);
-    if (p.dtype == kScanFloat32) return launch_for_dtype<float>(p, stream, few_blocks, size_t(smem_optin));
-    return launch_for_dtype<__half>(p, stream, few_blocks, size_t(smem_optin));
+    bool const has_z = p.z != nullptr;
+    auto pick = [&](auto dtype) -> cudaError_t {
+        using T = decltype(dtype);
+        if (few_blocks && scan_smem_bytes(16, p.n_state, 16, has_z) <= size_t(smem_optin)) {
+            return visit(ShippedVariant<T, 16, 16, 8>{}, sms);
+        }
+        if (scan_smem_bytes(16, p.n_state, 8, has_z) <= size_t(smem_optin)) return visit(ShippedVariant<T, 8, 16, 16>{}, sms);
+        return visit(ShippedVariant<T, 8, 4, 16>{}, sms);
+    };
+    return p.dtype == kScanFloat32 ? pick(float{}) : pick(__half{});
+}
+
+// The segment count for variant V: `forced` when > 0 (tests), else the policy with V's resident blocks per SM.
+template <class V>
+inline cudaError_t shipped_segments(V, ScanParams const& p, int sms, int forced, int* segments) {
+    if (forced > 0) {
+        *segments = forced;
+        return cudaSuccess;
+    }
+    auto kernel = selective_scan_fwd_kernel<typename V::T, V::kItems, V::kCpb, false, V::kMinWarps, kPassReplay>;
+    size_t const smem = scan_smem_bytes(V::kCpb, p.n_state, V::kItems, p.z != nullptr);
+    int per_sm = 0;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, V::kCpb * kLanes, smem);
+    if (err != cudaSuccess) return err;
+    *segments = selective_scan_segments(p.batch, p.dim, p.n_state, p.length, sms, per_sm);
+    return cudaSuccess;
+}
+
+// Workspace bytes launch_selective_scan(p, ..., segments) needs on the current device: p's shapes, dtype and whether
+// z is given are read, its data pointers are not. `segments` as launch_selective_scan's.
+inline cudaError_t selective_scan_workspace_query(ScanParams const& p, int segments, size_t* bytes) {
+    *bytes = 0;
+    if (p.batch < 1 || p.dim < 1 || p.length < 1 || p.n_state < 1) return cudaErrorInvalidValue;
+    return visit_shipped_variant(p, [&](auto variant, int sms) -> cudaError_t {
+        int count = 1;
+        cudaError_t const err = shipped_segments(variant, p, sms, segments, &count);
+        if (err == cudaSuccess) *bytes = split_workspace_bytes(p.batch, p.dim, p.n_state, p.length, count);
+        return err;
+    });
+}
+
+// Launches the scan on `stream`. `workspace` (device memory, `workspace_bytes`) may be null/0 when
+// selective_scan_workspace_query gives 0 (today's policy: always). `segments`: 0 = the policy (every shipped caller);
+// > 0 forces that many (tests of the split path). Returns cudaSuccess, cudaErrorInvalidValue for bad parameters, an
+// n_state whose tiles do not fit this GPU's shared memory, or a workspace smaller than the query's bytes; or the
+// launch's error.
+inline cudaError_t launch_selective_scan(ScanParams const& p, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+    int segments = 0) {
+    if (!valid_params(p)) return cudaErrorInvalidValue;
+    return visit_shipped_variant(p, [&](auto variant, int sms) -> cudaError_t {
+        using V = decltype(variant);
+        int count = 1;
+        cudaError_t const err = shipped_segments(variant, p, sms, segments, &count);
+        if (err != cudaSuccess) return err;
+        if (count <= 1) return launch_scan_variant<typename V::T, V::kItems, V::kCpb, false, V::kMinWarps>(p, stream);
+        size_t const need = split_workspace_bytes(p.batch, p.dim, p.n_state, p.length, count);
+        if (need > 0 && (workspace == nullptr || workspace_bytes < need)) return cudaErrorInvalidValue;
+        return launch_scan_segmented<typename V::T, V::kItems, V::kCpb, false, V::kMinWarps>(p, count, workspace,
+                                                                                              workspace_bytes, stream);
+    });
 }
 
 }  // namespace mambaesr
