@@ -76,9 +76,12 @@ def _gencode(archs: Sequence[str]) -> list[str]:
     return flags
 
 
-def scan_library_command(output: Path | str, archs: Sequence[str], *, nvcc: str = "nvcc") -> list[str]:
-    """nvcc argv building the ctypes scan library (libmambaesr_scan.so) for `archs` (e.g. ['8.7'])."""
-    return [nvcc, *_COMMON_FLAGS, *_gencode(archs), str(SCAN_LIBRARY_SOURCE), "-o", str(output)]
+def scan_library_command(
+    output: Path | str, archs: Sequence[str], *, nvcc: str = "nvcc", source: Path | str = SCAN_LIBRARY_SOURCE
+) -> list[str]:
+    """nvcc argv building the ctypes scan library (libmambaesr_scan.so) for `archs` (e.g. ['8.7']). `source`: another
+    C entry point over the same kernel header (tools/scan_variants.cu, the variant measurement library)."""
+    return [nvcc, *_COMMON_FLAGS, *_gencode(archs), str(source), "-o", str(output)]
 
 
 def plugin_command(

@@ -21,7 +21,7 @@ import torch
 from .errors import ConfigError, NativeCodeError
 from .native_build import cached_scan_library
 
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 _DTYPES = {torch.float32: 0, torch.float16: 1}
 
 
@@ -46,7 +46,10 @@ def load_library(arch: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(cached_scan_library(arch)))
     lib.mambaesr_scan_abi_version.restype = ctypes.c_int32
     lib.mambaesr_selective_scan_fwd.restype = ctypes.c_int32
-    lib.mambaesr_selective_scan_fwd.argtypes = [ctypes.POINTER(_ScanParams), ctypes.c_void_p]
+    lib.mambaesr_selective_scan_fwd.argtypes = [ctypes.POINTER(_ScanParams), ctypes.c_void_p, ctypes.c_int32,
+                                                ctypes.c_void_p, ctypes.c_uint64]
+    lib.mambaesr_scan_workspace_bytes.restype = ctypes.c_int32
+    lib.mambaesr_scan_workspace_bytes.argtypes = [ctypes.POINTER(_ScanParams), ctypes.c_int32, ctypes.POINTER(ctypes.c_uint64)]
     lib.mambaesr_cuda_error_string.restype = ctypes.c_char_p
     lib.mambaesr_cuda_error_string.argtypes = [ctypes.c_int32]
     if lib.mambaesr_scan_abi_version() != _ABI_VERSION:
@@ -54,12 +57,15 @@ def load_library(arch: str) -> ctypes.CDLL:
     return lib
 
 
-def cuda_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False) -> torch.Tensor:
+def cuda_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False, *,
+              segments: int = 0) -> torch.Tensor:
     """The whole selective scan in the native kernel (forward only). Shapes as scan.selective_scan; any strides.
 
     u, delta, B, C, z of one dtype, fp32 or fp16, are read as they are; any other mix (bf16 among them) is
     converted to fp32 first. Returns u's dtype, (batch, dim, L) as a view of a (batch, L, dim) buffer, the layout the
-    model's out_proj reads.
+    model's out_proj reads. `segments`: 0 = the launcher's policy (what `selective_scan(impl="cuda")` uses); > 0
+    forces L into that many segments (tests of the split path). The split's workspace, when the library asks for one,
+    is a tensor of this call on u's device (torch's caching allocator keeps it stream-ordered).
     """
     if u.device.type != "cuda":
         raise ConfigError("scan impl 'cuda' runs on CUDA tensors only", hint="use --scan chunked on CPU")
@@ -85,7 +91,13 @@ def cuda_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus
     major, minor = torch.cuda.get_device_capability(u.device)
     lib = load_library(f"sm_{major}{minor}")
     with torch.cuda.device(u.device):
-        code = lib.mambaesr_selective_scan_fwd(ctypes.byref(params), ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
+        nbytes = ctypes.c_uint64(0)
+        code = lib.mambaesr_scan_workspace_bytes(ctypes.byref(params), segments, ctypes.byref(nbytes))
+        workspace = torch.empty(nbytes.value, device=u.device, dtype=torch.uint8) if code == 0 and nbytes.value else None
+        if code == 0:
+            code = lib.mambaesr_selective_scan_fwd(
+                ctypes.byref(params), ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), segments,
+                ctypes.c_void_p(workspace.data_ptr() if workspace is not None else None), nbytes.value)
     if code != 0:
         raise NativeCodeError(
             f"the native scan failed to launch: {lib.mambaesr_cuda_error_string(code).decode()} "

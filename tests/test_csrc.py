@@ -4,6 +4,7 @@ program (CPU), and on a GPU the kernel through the TensorRT plugin's enqueue and
 from __future__ import annotations
 
 import ctypes
+import itertools
 import shutil
 import subprocess
 import sys
@@ -16,13 +17,14 @@ import torch
 from mambaesr_edge import native_build
 from mambaesr_edge.errors import ConfigError, DependencyMissingError
 from mambaesr_edge.scan import selective_scan
+from mambaesr_edge.scan_cuda import _ABI_VERSION
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_scan import _cast, make_inputs, rel_error
 
 HARNESS_SOURCE = Path(__file__).parent / "csrc" / "plugin_harness.cu"
 HEADER_SETS = ("tensorrt-10.3.0", "tensorrt-11.1")
-CI_ARCHS = ("8.7", "9.0")  # Orin and Hopper: one nvcc call builds both
+CI_ARCHS = ("7.5", "8.7", "9.0")  # Turing (the oldest, least shared memory), Orin and Hopper: one nvcc call builds all
 
 
 def _nvcc_or_skip() -> str:
@@ -39,15 +41,20 @@ def _headers_or_skip(shared_dir: Path, name: str) -> Path:
     return include
 
 
+def _build_plugin(folder: Path, include: Path, nvcc: str, defines: tuple[str, ...] = ()) -> Path:
+    """The plugin library for this machine's GPU or for CI_ARCHS; `defines`: -D flags of a test build."""
+    archs = [_gpu_arch()] if torch.cuda.is_available() else list(CI_ARCHS)
+    command = native_build.plugin_command(folder / "libscan_plugin.so", archs, include, nvcc=nvcc)
+    return native_build.build([command[0], *defines, *command[1:]], folder / "libscan_plugin.so")
+
+
 @pytest.fixture(scope="module")
 def plugin_kit(shared_dir, tmp_path_factory):
     """(plugin library, harness program) built with the TensorRT 10.3 headers for this machine's GPU or for CI_ARCHS."""
     nvcc = _nvcc_or_skip()
     include = _headers_or_skip(shared_dir, "tensorrt-10.3.0")
     folder = tmp_path_factory.mktemp("plugin")
-    archs = [_gpu_arch()] if torch.cuda.is_available() else list(CI_ARCHS)
-    library = native_build.build(native_build.plugin_command(folder / "libscan_plugin.so", archs, include, nvcc=nvcc),
-                                 folder / "libscan_plugin.so")
+    library = _build_plugin(folder, include, nvcc)
     harness = folder / "plugin_harness"
     done = subprocess.run([nvcc, "-std=c++17", "-Xcompiler", "-Wno-deprecated-declarations", f"-I{include}",
                            str(HARNESS_SOURCE), "-o", str(harness), "-ldl"], capture_output=True, text=True, check=False)
@@ -77,13 +84,74 @@ def test_plugin_compiles_for_orin_and_hopper(headers, shared_dir, tmp_path):
     assert "nvinfer" not in needed
 
 
-def test_scan_library_compiles_for_orin_and_hopper(tmp_path):
+@pytest.fixture(scope="module")
+def scan_library(tmp_path_factory) -> ctypes.CDLL:
+    """The ctypes scan library (scan_capi.cu) built for CI_ARCHS; its host-only entry points run without a GPU."""
     nvcc = _nvcc_or_skip()
-    library = tmp_path / "libmambaesr_scan.so"
+    library = tmp_path_factory.mktemp("scan") / "libmambaesr_scan.so"
     native_build.build(native_build.scan_library_command(library, CI_ARCHS, nvcc=nvcc), library)
     loaded = ctypes.CDLL(str(library))
     loaded.mambaesr_scan_abi_version.restype = ctypes.c_int32
-    assert loaded.mambaesr_scan_abi_version() == 1
+    loaded.mambaesr_scan_policy_workspace_bytes.restype = ctypes.c_int64
+    loaded.mambaesr_scan_policy_workspace_bytes.argtypes = [ctypes.c_int32] * 6
+    loaded.mambaesr_scan_split_workspace_bytes.restype = ctypes.c_int64
+    loaded.mambaesr_scan_split_workspace_bytes.argtypes = [ctypes.c_int32] * 5
+    return loaded
+
+
+def test_scan_library_compiles_for_orin_and_hopper(scan_library):
+    assert scan_library.mambaesr_scan_abi_version() == _ABI_VERSION  # what scan_cuda.py checks before its first call
+
+
+# batch, dim, N, L, SMs (Orin Nano 8, Orin AGX 16, H100 132), resident blocks per SM
+POLICY_GRID = ((1, 2, 3, 8, 32), (1, 8, 17, 120, 240), (1, 16, 64), (1, 128, 129, 4096, 20000), (8, 16, 132), (1, 2, 8))
+
+
+def test_shipped_launcher_does_not_split_today(scan_library):
+    """The launcher's split policy (selective_scan_segments) gives one segment, so no workspace, for every shape on
+    every GPU: today's path. Turning the split on is a change to that one function once tools/scan_variants_gpu.py
+    has measured it; this test then states the measured rule. Whatever the rule, the need must not fall as L grows
+    (the plugin sizes its workspace at the profile's longest L)."""
+    policy = scan_library.mambaesr_scan_policy_workspace_bytes
+    for batch, dim, n_state, length, sms, per_sm in itertools.product(*POLICY_GRID):
+        assert policy(batch, dim, n_state, length, sms, per_sm) == 0, (batch, dim, n_state, length, sms, per_sm)
+    for batch, dim, n_state, sms, per_sm in itertools.product(*POLICY_GRID[:3], *POLICY_GRID[4:]):
+        needs = [policy(batch, dim, n_state, length, sms, per_sm) for length in POLICY_GRID[3]]
+        assert needs == sorted(needs), (batch, dim, n_state, sms, per_sm)
+
+
+def split_bytes(batch, dim, n_state, length, segments) -> int:
+    """The split's workspace as csrc/README describes it: per batch row and segment, dim x (N end states + 1 sum of
+    delta') floats; at most one segment per 128-token chunk; none when that leaves one segment."""
+    segments = min(segments, -(-length // 128))
+    return 4 * batch * segments * dim * (n_state + 1) if segments > 1 else 0
+
+
+def test_split_workspace_size(scan_library):
+    split = scan_library.mambaesr_scan_split_workspace_bytes
+    assert split(2, 120, 16, 4096, 4) == 4 * 2 * 4 * 120 * 17
+    for batch, dim, n_state, length, segments in itertools.product((1, 3), (1, 20), (1, 16), (1, 128, 129, 300, 20000), (1, 2, 7, 1000)):
+        assert split(batch, dim, n_state, length, segments) == split_bytes(batch, dim, n_state, length, segments)
+
+
+VARIANTS_SOURCE = Path(__file__).parent.parent / "tools" / "scan_variants.cu"
+
+
+@pytest.mark.slow
+def test_variant_library_compiles_for_ampere(tmp_path):
+    """tools/scan_variants.cu (every kernel variant: split passes, cp.async, two channels a half-warp, diagnostics) builds
+    for sm_80, the oldest arch with cp.async, and lists its variants, the committed launcher first."""
+    nvcc = _nvcc_or_skip()
+    library = tmp_path / "libscan_variants.so"
+    native_build.build(native_build.scan_library_command(library, ["8.0"], nvcc=nvcc, source=VARIANTS_SOURCE), library)
+    loaded = ctypes.CDLL(str(library))
+    loaded.mambaesr_scan_variant_name.restype = ctypes.c_char_p
+    loaded.mambaesr_scan_variant_name.argtypes = [ctypes.c_int32]
+    count = loaded.mambaesr_scan_variant_count()
+    names = [loaded.mambaesr_scan_variant_name(i).decode() for i in range(count)]
+    assert names[0] == "launcher" and len(set(names)) == count
+    assert {name.split()[0] for name in names[1:]} == {"whole", "split", "async", "pair", "diag"}
+    assert loaded.mambaesr_scan_variant_name(count) is None
 
 
 @pytest.mark.data
@@ -202,29 +270,69 @@ def _write_spec(folder: Path, inputs: dict, dtype: torch.dtype, token_major: lis
     return spec, y_shape
 
 
-@pytest.mark.gpu
-@pytest.mark.data
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_plugin_enqueue_matches_reference(dtype, plugin_kit, tmp_path):
-    library, harness = plugin_kit
+def _check_plugin_enqueue(library: Path, harness: Path, dtype: torch.dtype, folder: Path, batch: int, segments: int) -> None:
+    """The harness runs getWorkspaceSize and enqueue over LENGTHS x OPTION_SETS with random layouts; y matches
+    `reference` and the fp64 truth, and the workspace is what `segments` (1: today's policy) needs."""
     rng = np.random.default_rng(7)
     for length in LENGTHS:
         for options in OPTION_SETS if length <= 4097 else [OPTION_SETS[-1]]:
-            inputs = make_inputs(2, 12, length, 16, seed=length * 11 + len(options), options=options)
+            inputs = make_inputs(batch, 12, length, 16, seed=length * 11 + len(options), options=options)
             softplus = bool(inputs.pop("delta_softplus", False))
             truth, ref, _ = _truth_and_ref({**inputs, "delta_softplus": softplus}, dtype, "cuda")
             rounded = _rounded(inputs, dtype)
             token_major = [int(b) for b in rng.integers(0, 2, size=6)]
-            spec, y_shape = _write_spec(tmp_path, rounded, dtype, token_major, softplus)
+            spec, y_shape = _write_spec(folder, rounded, dtype, token_major, softplus)
             done = subprocess.run([str(harness), str(library), "run", str(spec)], capture_output=True, text=True, timeout=300, check=False)
-            label = f"L={length} {options} {dtype} token_major={token_major}"
+            label = f"L={length} {options} {dtype} token_major={token_major} segments={segments}"
             assert done.returncode == 0, label + done.stdout + done.stderr
-            y = torch.from_numpy(np.fromfile(tmp_path / "y.bin", dtype=np.float16 if dtype == torch.float16 else np.float32))
+            assert f"ok workspace {split_bytes(batch, 12, 16, length, segments)}" in done.stdout.splitlines(), label + done.stdout
+            y = torch.from_numpy(np.fromfile(folder / "y.bin", dtype=np.float16 if dtype == torch.float16 else np.float32))
             y = y.reshape(y_shape)
             y = y.transpose(1, 2) if token_major[5] else y
             assert torch.isfinite(y).all(), label  # the harness poisons y with NaN first: every element was written
             assert rel_error(y, ref.cpu()) <= TOLERANCE[dtype], label
             assert rel_error(y, truth) <= TOLERANCE[dtype], label
+
+
+@pytest.mark.gpu
+@pytest.mark.data
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_plugin_enqueue_matches_reference(dtype, plugin_kit, tmp_path):
+    library, harness = plugin_kit
+    _check_plugin_enqueue(library, harness, dtype, tmp_path, batch=2, segments=1)
+
+
+FORCED_SEGMENTS = 5
+
+
+@pytest.mark.gpu
+@pytest.mark.data
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_plugin_enqueue_with_the_split_matches_reference(dtype, plugin_kit, shared_dir, tmp_path):
+    """A test build whose policy always gives FORCED_SEGMENTS (-DMAMBAESR_TEST_SEGMENTS): getWorkspaceSize declares
+    the split's workspace, enqueue runs both passes in the workspace given (poisoned with NaN first)."""
+    _, harness = plugin_kit
+    library = _build_plugin(tmp_path, _headers_or_skip(shared_dir, "tensorrt-10.3.0"), _nvcc_or_skip(),
+                            defines=(f"-DMAMBAESR_TEST_SEGMENTS={FORCED_SEGMENTS}",))
+    _check_plugin_enqueue(library, harness, dtype, tmp_path, batch=3, segments=FORCED_SEGMENTS)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_cuda_impl_with_a_forced_split_matches_reference(dtype):
+    """The torch op's split path (segments forced through the C entry point, workspace allocated by scan_cuda.py)."""
+    from mambaesr_edge.scan_cuda import cuda_scan
+
+    for length, segments in itertools.product(LENGTHS, (2, 7, 64)):
+        for options in ((), OPTION_SETS[-1]):
+            inputs = make_inputs(3, 20, length, 16, seed=length * 5 + segments + len(options), options=options)
+            truth, ref, on_device = _truth_and_ref(inputs, dtype, "cuda")
+            for layout in (on_device, _model_layout(on_device)):
+                out = cuda_scan(**layout, segments=segments)
+                label = f"L={length} segments={segments} {options} {dtype}"
+                assert out.dtype == dtype and out.shape == (3, 20, length) and torch.isfinite(out).all(), label
+                assert rel_error(out, ref) <= TOLERANCE[dtype], label
+                assert rel_error(out.cpu(), truth) <= TOLERANCE[dtype], label
 
 
 @pytest.mark.gpu

@@ -12,8 +12,11 @@
 // Loaded without linking libnvinfer: the library exports TensorRT 10's entry points `getCreators` and
 // `setLoggerFinder` (trtexec --dynamicPlugins=lib.so, IPluginRegistry::loadLibrary). No state is kept between
 // calls beyond the fields: enqueue derives every size and stride from the tensor descriptors it is given.
+// Workspace: getWorkspaceSize declares what the launcher's split policy (selective_scan_segments) needs at most over
+// the profile (0 today: the policy does not split), enqueue hands TensorRT's workspace to the launcher.
 #include <NvInferRuntime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -105,6 +108,18 @@ bool parse_fields(PluginFieldCollection const* fc, ScanFields& out) {
     return true;
 }
 
+// The scan's shapes (batch, dim, L, N), dtype and z presence from the plugin's inputs (data pointers left null).
+ScanParams shape_params(ScanFields const& fields, Dims const& u_dims, Dims const& a_dims, DataType type) {
+    ScanParams p{};
+    bool const tm_u = fields.token_major[kU] != 0;
+    p.batch = int32_t(u_dims.d[0]);
+    p.dim = int32_t(tm_u ? u_dims.d[2] : u_dims.d[1]);
+    p.length = int32_t(tm_u ? u_dims.d[1] : u_dims.d[2]);
+    p.n_state = int32_t(a_dims.d[1]);
+    p.dtype = type == DataType::kHALF ? kScanFloat16 : kScanFloat32;
+    return p;
+}
+
 // Element strides of the contract view (batch, K, L) of a contiguous tensor given as (batch, K, L) or (batch, L, K).
 void view_strides(Dims const& dims, bool token_major, int64_t* stride) {
     stride[0] = int64_t(dims.d[1]) * dims.d[2];
@@ -177,6 +192,32 @@ public:
         return 0;
     }
 
+    // The most workspace any shape of the profile needs: the policy may split small batches only (the need falls as
+    // batch grows), so every batch and channel count of the profile is tried at the longest L (the need must not fall
+    // as L grows: selective_scan_segments says so). 0 when the query fails (no GPU: logged); enqueue then refuses a split.
+    size_t getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs, DynamicPluginTensorDesc const* outputs,
+        int32_t nbOutputs) const noexcept override {
+        (void)outputs;
+        if (nbInputs != mFields.nb_inputs() || nbOutputs != 1 || inputs[kU].max.nbDims != 3) return 0;
+        ScanParams p = shape_params(mFields, inputs[kU].max, inputs[2].max, inputs[kU].desc.type);
+        ScanParams const low = shape_params(mFields, inputs[kU].min, inputs[2].min, inputs[kU].desc.type);
+        p.z = mFields.has_z ? &p : nullptr;  // only whether z is given is read
+        int32_t const max_batch = p.batch, max_dim = p.dim;
+        size_t most = 0;
+        for (p.batch = std::max(low.batch, 1); p.batch <= max_batch; ++p.batch) {
+            for (p.dim = std::max(low.dim, 1); p.dim <= max_dim; ++p.dim) {
+                size_t bytes = 0;
+                cudaError_t const err = selective_scan_workspace_query(p, 0, &bytes);
+                if (err != cudaSuccess) {
+                    log_error(std::string("workspace query failed: ") + cudaGetErrorString(err));
+                    return 0;
+                }
+                most = std::max(most, bytes);
+            }
+        }
+        return most;
+    }
+
     bool supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
         int32_t nbOutputs) noexcept override {
         if (pos < 0 || pos >= nbInputs + nbOutputs) return false;
@@ -197,15 +238,9 @@ public:
 
     int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc, void const* const* inputs,
         void* const* outputs, void* workspace, cudaStream_t stream) noexcept override {
-        (void)workspace;
-        ScanParams p{};
         bool const tm_u = mFields.token_major[kU] != 0;
         Dims const& u_dims = inputDesc[kU].dims;
-        p.batch = int32_t(u_dims.d[0]);
-        p.dim = int32_t(tm_u ? u_dims.d[2] : u_dims.d[1]);
-        p.length = int32_t(tm_u ? u_dims.d[1] : u_dims.d[2]);
-        p.n_state = int32_t(inputDesc[2].dims.d[1]);
-        p.dtype = inputDesc[kU].type == DataType::kHALF ? kScanFloat16 : kScanFloat32;
+        ScanParams p = shape_params(mFields, u_dims, inputDesc[2].dims, inputDesc[kU].type);
         p.delta_softplus = mFields.delta_softplus;
         p.u = inputs[0];
         p.delta = inputs[1];
@@ -224,7 +259,14 @@ public:
         view_strides(outputDesc[0].dims, mFields.token_major[kY] != 0, p.y_stride);
         p.A_stride[0] = p.n_state;
         p.A_stride[1] = 1;
-        cudaError_t const err = launch_selective_scan(p, stream);
+        // TensorRT's workspace holds getWorkspaceSize's bytes, the most over the profile: at least this shape's need
+        size_t need = 0;
+        cudaError_t err = selective_scan_workspace_query(p, 0, &need);
+        if (err == cudaSuccess && need > 0 && workspace == nullptr) {
+            log_error("the scan needs " + std::to_string(need) + " bytes of workspace and TensorRT gave none");
+            return -1;
+        }
+        if (err == cudaSuccess) err = launch_selective_scan(p, workspace, need, stream);
         if (err != cudaSuccess) {
             log_error(std::string("kernel launch failed: ") + cudaGetErrorString(err));
             return -1;

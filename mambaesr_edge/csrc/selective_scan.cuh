@@ -32,6 +32,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <algorithm>
+
 namespace mambaesr {
 
 enum ScanDType : int32_t { kScanFloat32 = 0, kScanFloat16 = 1 };
@@ -52,6 +54,33 @@ struct ScanParams {
     void* y;
     int64_t u_stride[3], delta_stride[3], A_stride[2], B_stride[3], C_stride[3], z_stride[3], y_stride[3];
 };
+
+// L split into segments, for small batches (batch x channel blocks fewer than the GPU holds): S segments per (batch
+// row, channel block) run as S blocks in two launches. Pass 1 (kPassEndState) runs each segment but the last from a
+// zero state, without C, z or y, and writes its end state H (batch, S, dim, N) and its sum of delta' Sd (batch, S,
+// dim) to `workspace` (the segment's decay product is exp2(A log2(e) Sd)). Pass 2 (kPassReplay) folds the preceding
+// segments into its incoming state, h = exp2(A log2(e) Sd_s) h + H_s for s < its own, then runs its chunks as the
+// single-pass kernel does. Cost: pass 1 is about half a pass (no replay), so 1.5x the arithmetic of one pass, spread
+// over S times as many blocks; the critical path shrinks from n_chunks chunks to about 1.5 n_chunks / S.
+//
+// Two more values are diagnostics for tools/scan_variants_gpu.py, wrong results by design, never launched otherwise:
+// kPassDiagNoLoad (one pass with zeros in place of the global loads: the time without memory latency) and
+// kPassDiagNoScan (one pass without the scan steps: the time of staging and y alone).
+enum ScanPass { kPassWhole = 0, kPassEndState = 1, kPassReplay = 2, kPassDiagNoLoad = 3, kPassDiagNoScan = 4 };
+
+struct SegmentArgs {
+    int32_t segments;            // S (1: the whole L in one block, kPassWhole)
+    int32_t chunks_per_segment;  // chunks of one segment (the last may have fewer)
+    float* workspace;            // H then Sd, as above; null for kPassWhole
+
+    // (batch row b, segment s, channel): its row of H (times N) and its entry of Sd (after sums_offset)
+    __host__ __device__ size_t row(int b, int s, int dim, int channel) const { return (size_t(b) * segments + s) * dim + channel; }
+    __host__ __device__ size_t sums_offset(int batch, int dim, int n_state) const { return size_t(batch) * segments * dim * n_state; }
+};
+
+inline size_t segment_workspace_floats(int batch, int dim, int n_state, int segments) {
+    return size_t(batch) * segments * dim * (n_state + 1);
+}
 
 constexpr int kLanes = 16;                                // lanes per channel (a half-warp)
 constexpr int kMaxChannelsPerBlock = 16;                  // 8 warps
@@ -76,6 +105,21 @@ __device__ __forceinline__ float fast_exp2(float x) {
     return r;
 }
 
+// Pass 2: the state entering `segment` of (batch row b, channel, state n), the preceding segments' (decay, end state)
+// folded in order (a = A log2(e)). Unrolled so that several segments' loads are in flight before the chain uses them.
+__device__ __forceinline__ float segment_incoming_state(SegmentArgs const& seg, int batch, int dim, int n_state, int b,
+    int channel, int n, int segment, float a) {
+    float const* ws_end = seg.workspace;                                  // (batch, S, dim, N)
+    float const* ws_sum = seg.workspace + seg.sums_offset(batch, dim, n_state);  // (batch, S, dim)
+    float h = 0.0f;
+#pragma unroll 8
+    for (int s = 0; s < segment; ++s) {
+        size_t const row = seg.row(b, s, dim, channel);
+        h = fmaf(fast_exp2(a * ws_sum[row]), h, ws_end[row * n_state + n]);
+    }
+    return h;
+}
+
 // softplus(x) = max(x, 0) + log1p(exp(-|x|)), as scan.stable_softplus (never exponentiates a positive number)
 __device__ __forceinline__ float softplus(float x) { return fmaxf(x, 0.0f) + log1pf(__expf(-fabsf(x))); }
 
@@ -85,15 +129,18 @@ __device__ __forceinline__ float silu(float x) { return __fdividef(x, 1.0f + __e
 // contiguous dimension.
 __device__ __forceinline__ bool token_fast(int64_t const* stride) { return stride[2] == 1 || stride[1] != 1; }
 
-// The walk of a kCpb x kChunk tile by the block's kCpb * kLanes threads: element k (0 .. kItems-1) of this thread is
-// row base_row + row_step(k), token base_tok + tok_step(k), with the steps compile-time constants, so one address
-// and one shared-memory slot per thread and tensor serve all k. Token-fast walks give consecutive threads consecutive
-// tokens; channel-fast walks keep one row per thread and give consecutive threads consecutive rows.
-template <int kItems, int kCpb>
+// The walk of a kCpb x kChunk tile by the block's kThreads threads (kCpb * kLanes, or half that when a half-warp
+// takes two channels): element k (0 .. kElems-1) of this thread is row base_row + row_step(k), token base_tok +
+// tok_step(k), with the steps compile-time constants, so one address and one shared-memory slot per thread and
+// tensor serve all k. Token-fast walks give consecutive threads consecutive tokens; channel-fast walks keep one row
+// per thread and give consecutive threads consecutive rows.
+template <int kItems, int kCpb, int kThreadCount = kCpb * kLanes>
 struct TileWalk {
     static constexpr int kChunk = kLanes * kItems;
-    static constexpr int kThreads = kCpb * kLanes;
+    static constexpr int kThreads = kThreadCount;
+    static constexpr int kElems = kCpb * kChunk / kThreads;  // elements of the tile per thread (kItems: one channel a half-warp)
     static_assert(kLanes % kItems == 0 && (kCpb & (kCpb - 1)) == 0, "kItems divides 16; kCpb a power of two");
+    static_assert((kThreads / kCpb) % kItems == 0 && kThreads % kItems == 0, "token steps keep column() a constant shift");
     int row, tok;   // this thread's first element
     bool tok_fast;
 
@@ -111,7 +158,7 @@ struct TileWalk {
         return tok_fast ? (k * kThreads) / kChunk : 0;
     }
     __device__ __forceinline__ int tok_step(int k) const {
-        return tok_fast ? (k * kThreads) % kChunk : k * kLanes;
+        return tok_fast ? (k * kThreads) % kChunk : k * (kThreads / kCpb);
     }
     // shared-memory slot of element k: row * kRow + column(tok), as an offset from slot(0) (a multiple of kItems is
     // added to tok, so column() moves by a constant)
@@ -131,15 +178,15 @@ __device__ __forceinline__ int64_t opaque(int64_t x) {
 
 // Loads this thread's share of rows [row0, row0 + kCpb) x tokens [t0, t0 + kChunk) of batch row b; zero outside
 // the tensor. Raw values: nothing uses them until store_tile, so the loads stay in flight meanwhile.
-template <typename T, int kItems, int kCpb>
-__device__ __forceinline__ void load_tile(T (&v)[kItems], T const* src, int64_t const* stride, int b, int row0,
-    int rows_total, int t0, int length) {
-    TileWalk<kItems, kCpb> const walk(token_fast(stride));
+template <typename T, int kItems, int kCpb, int kThreads = kCpb * kLanes>
+__device__ __forceinline__ void load_tile(T (&v)[TileWalk<kItems, kCpb, kThreads>::kElems], T const* src,
+    int64_t const* stride, int b, int row0, int rows_total, int t0, int length) {
+    TileWalk<kItems, kCpb, kThreads> const walk(token_fast(stride));
     int64_t const s1 = opaque(stride[1]), s2 = opaque(stride[2]);
     int const row = row0 + walk.row, tok = t0 + walk.tok;
     T const* base = src + b * stride[0] + row * s1 + tok * s2;
 #pragma unroll
-    for (int k = 0; k < kItems; ++k) {
+    for (int k = 0; k < walk.kElems; ++k) {
         int const dr = walk.row_step(k), dt = walk.tok_step(k);
         v[k] = (row + dr < rows_total && tok + dt < length) ? base[dr * s1 + dt * s2] : T(0.0f);
     }
@@ -149,13 +196,13 @@ enum TileOp { kPlain = 0, kDelta = 1, kSilu = 2 };
 
 // Writes what load_tile loaded into a shared-memory tile (row r at dst + r * kRow), transformed by Op. delta' is 0
 // outside the tensor (so padded tokens leave the state unchanged); bias holds the block's delta_bias (or zeros).
-template <typename T, int kItems, int kCpb, int Op>
-__device__ __forceinline__ void store_tile(float* dst, T const (&v)[kItems], int64_t const* stride, int row0,
-    int rows_total, int t0, int length, float const* bias, int softplus_on) {
-    TileWalk<kItems, kCpb> const walk(token_fast(stride));
+template <typename T, int kItems, int kCpb, int Op, int kThreads = kCpb * kLanes>
+__device__ __forceinline__ void store_tile(float* dst, T const (&v)[TileWalk<kItems, kCpb, kThreads>::kElems],
+    int64_t const* stride, int row0, int rows_total, int t0, int length, float const* bias, int softplus_on) {
+    TileWalk<kItems, kCpb, kThreads> const walk(token_fast(stride));
     float* base = dst + walk.base_slot();
 #pragma unroll
-    for (int k = 0; k < kItems; ++k) {
+    for (int k = 0; k < walk.kElems; ++k) {
         float x = to_float(v[k]);
         if (Op == kDelta) {
             int const r = walk.row + walk.row_step(k);
@@ -178,17 +225,27 @@ struct ChunkRegs {
     T u[kItems], dt[kItems], z[kItems], b[kItems], c[kItems];
 };
 
-template <typename T, int kItems, int kCpb>
+// Zeros in place of load_chunk (kPassDiagNoLoad).
+template <typename T, int kItems>
+__device__ __forceinline__ void zero_chunk(ChunkRegs<T, kItems>& regs) {
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) regs.u[k] = regs.dt[k] = regs.z[k] = regs.b[k] = regs.c[k] = T(0.0f);
+}
+
+// kOutput false (pass 1 of a split L): z and C are not needed.
+template <typename T, int kItems, int kCpb, bool kOutput = true>
 __device__ __forceinline__ void load_chunk(ChunkRegs<T, kItems>& regs, ScanParams const& p, int b, int c0, int t0) {
     load_tile<T, kItems, kCpb>(regs.u, static_cast<T const*>(p.u), p.u_stride, b, c0, p.dim, t0, p.length);
     load_tile<T, kItems, kCpb>(regs.dt, static_cast<T const*>(p.delta), p.delta_stride, b, c0, p.dim, t0, p.length);
-    if (p.z != nullptr) load_tile<T, kItems, kCpb>(regs.z, static_cast<T const*>(p.z), p.z_stride, b, c0, p.dim, t0, p.length);
+    if (kOutput && p.z != nullptr) load_tile<T, kItems, kCpb>(regs.z, static_cast<T const*>(p.z), p.z_stride, b, c0, p.dim, t0, p.length);
     load_tile<T, kItems, kCpb>(regs.b, static_cast<T const*>(p.B), p.B_stride, b, 0, p.n_state, t0, p.length);
-    load_tile<T, kItems, kCpb>(regs.c, static_cast<T const*>(p.C), p.C_stride, b, 0, p.n_state, t0, p.length);
+    if (kOutput) load_tile<T, kItems, kCpb>(regs.c, static_cast<T const*>(p.C), p.C_stride, b, 0, p.n_state, t0, p.length);
 }
 
 // Steps (1) to (3) of the header for states n0 .. n0 + S - 1 of this lane's channel: S independent chains at once.
-template <int kItems, int S>
+// kReplay false (pass 1 of a split L): steps (1) and (2) only; the last lane's inclusive step applied to the carry is
+// the state at the chunk's end, and no y is accumulated.
+template <int kItems, int S, bool kReplay = true>
 __device__ __forceinline__ void scan_states(int n0, float const (&dt)[kItems], float const (&du)[kItems],
     float (&acc)[kItems], float dt_sum, float const* a_row, float const* s_b, float const* s_c, int col0,
     float const* carry_in, float* carry_out, int lane) {
@@ -220,19 +277,26 @@ __device__ __forceinline__ void scan_states(int n0, float const (&dt)[kItems], f
             }
         }
     }
+    if constexpr (!kReplay) {
 #pragma unroll
-    for (int s = 0; s < S; ++s) {
-        float const carry = carry_in[n0 + s];
-        // the state after this lane's last token; the next lane starts from it, lane 0 from the carry
-        float h = __shfl_up_sync(0xffffffffu, fmaf(prod[s], carry, h_local[s]), 1, kLanes);
-        if (lane == 0) h = carry;
-        float const* c_row = s_c + (n0 + s) * kRow + col0;
-#pragma unroll
-        for (int i = 0; i < kItems; ++i) {
-            h = fmaf(decay[s][i], h, drive[s][i]);
-            acc[i] = fmaf(h, c_row[i], acc[i]);
+        for (int s = 0; s < S; ++s) {
+            if (lane == kLanes - 1) carry_out[n0 + s] = fmaf(prod[s], carry_in[n0 + s], h_local[s]);
         }
-        if (lane == kLanes - 1) carry_out[n0 + s] = h;  // the state at the chunk's last token
+    } else {
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+            float const carry = carry_in[n0 + s];
+            // the state after this lane's last token; the next lane starts from it, lane 0 from the carry
+            float h = __shfl_up_sync(0xffffffffu, fmaf(prod[s], carry, h_local[s]), 1, kLanes);
+            if (lane == 0) h = carry;
+            float const* c_row = s_c + (n0 + s) * kRow + col0;
+#pragma unroll
+            for (int i = 0; i < kItems; ++i) {
+                h = fmaf(decay[s][i], h, drive[s][i]);
+                acc[i] = fmaf(h, c_row[i], acc[i]);
+            }
+            if (lane == kLanes - 1) carry_out[n0 + s] = h;  // the state at the chunk's last token
+        }
     }
 }
 
@@ -244,15 +308,17 @@ inline size_t scan_smem_bytes(int cpb, int n_state, int items, bool has_z) {
     return sizeof(float) * ((3 + (has_z ? 1 : 0)) * cpb * row + 2 * bc_rows * row + size_t(3) * cpb * n_state + cpb);
 }
 
-template <typename T, int kItems, int kCpb, bool kPrefetch, int kMinWarps>
-__global__ void __launch_bounds__(kCpb * kLanes, kMinWarps * 32 / (kCpb * kLanes)) selective_scan_fwd_kernel(ScanParams p) {
+template <typename T, int kItems, int kCpb, bool kPrefetch, int kMinWarps, int kPass = kPassWhole>
+__global__ void __launch_bounds__(kCpb * kLanes, kMinWarps * 32 / (kCpb * kLanes))
+selective_scan_fwd_kernel(ScanParams p, SegmentArgs seg) {
     using Shape = ChunkShape<kItems>;
     constexpr int kRow = Shape::kRow;
     constexpr int kChunk = Shape::kChunk;
+    constexpr bool kOutput = kPass != kPassEndState;  // pass 1 writes end states, not y
     extern __shared__ float smem[];
     int const n_state = p.n_state;
     int const bc_parts = (n_state + kCpb - 1) / kCpb;
-    bool const has_z = p.z != nullptr;
+    bool const has_z = kOutput && p.z != nullptr;
     float* s_u = smem;                              // (kCpb, kRow): u
     float* s_dt = s_u + kCpb * kRow;                // (kCpb, kRow): delta'
     float* s_y = s_dt + kCpb * kRow;                // (kCpb, kRow): y
@@ -263,17 +329,27 @@ __global__ void __launch_bounds__(kCpb * kLanes, kMinWarps * 32 / (kCpb * kLanes
     float* s_bias = s_carry + 2 * kCpb * n_state;   // (kCpb): delta_bias
     float* s_z = s_bias + kCpb;                     // (kCpb, kRow): silu(z), when z is given
 
+    // block index = (batch row * S + segment) * channel blocks + channel block (S = 1: as the unsplit kernel)
     int const n_cblocks = (p.dim + kCpb - 1) / kCpb;
-    int const b = blockIdx.x / n_cblocks;
-    int const c0 = (blockIdx.x - b * n_cblocks) * kCpb;
+    int const segments = kPass == kPassWhole ? 1 : seg.segments;  // compile-time 1 for the one-pass kernel
+    int const row_seg = blockIdx.x / n_cblocks;
+    int const b = row_seg / segments;
+    int const segment = row_seg - b * segments;
+    int const c0 = (blockIdx.x - row_seg * n_cblocks) * kCpb;
     int const local_c = threadIdx.x / kLanes;       // this half-warp's channel within the block
     int const lane = threadIdx.x % kLanes;          // j: owns tokens lane*kItems .. + kItems - 1 of each chunk
     int const channel = c0 + local_c;
+    int const n_chunks = (p.length + kChunk - 1) / kChunk;
+    if (kPass == kPassEndState && segment == segments - 1) return;  // nothing follows the last segment
+    int const k_begin = kPass == kPassWhole ? 0 : segment * seg.chunks_per_segment;
+    int const k_end = kPass == kPassWhole ? n_chunks : min(n_chunks, k_begin + seg.chunks_per_segment);
 
     for (int idx = threadIdx.x; idx < kCpb * n_state; idx += blockDim.x) {
         int const c = idx / n_state, n = idx - c * n_state;
-        s_a[idx] = (c0 + c < p.dim) ? p.A[(c0 + c) * p.A_stride[0] + n * p.A_stride[1]] * 1.4426950408889634f : 0.0f;
-        s_carry[idx] = 0.0f;
+        float const a = (c0 + c < p.dim) ? p.A[(c0 + c) * p.A_stride[0] + n * p.A_stride[1]] * 1.4426950408889634f : 0.0f;
+        s_a[idx] = a;
+        bool const incoming = kPass == kPassReplay && c0 + c < p.dim;  // pass 2: fold the preceding segments
+        s_carry[idx] = incoming ? segment_incoming_state(seg, p.batch, p.dim, n_state, b, c0 + c, n, segment, a) : 0.0f;
     }
     if (threadIdx.x < kCpb) {
         s_bias[threadIdx.x] = (p.delta_bias != nullptr && c0 + int(threadIdx.x) < p.dim) ? p.delta_bias[c0 + threadIdx.x] : 0.0f;
@@ -281,28 +357,29 @@ __global__ void __launch_bounds__(kCpb * kLanes, kMinWarps * 32 / (kCpb * kLanes
     float const d_skip = (p.D != nullptr && channel < p.dim) ? p.D[channel] : 0.0f;
     __syncthreads();
 
-    int const n_chunks = (p.length + kChunk - 1) / kChunk;
     ChunkRegs<T, kItems> regs;
-    if (kPrefetch) load_chunk<T, kItems, kCpb>(regs, p, b, c0, 0);
+    float dt_total = 0.0f;  // pass 1: this lane's sum of delta' over the segment
+    if (kPass == kPassDiagNoLoad) zero_chunk(regs);
+    if (kPrefetch && k_begin < k_end && kPass != kPassDiagNoLoad) load_chunk<T, kItems, kCpb, kOutput>(regs, p, b, c0, k_begin * kChunk);
 #pragma unroll 1
-    for (int k = 0; k < n_chunks; ++k) {
+    for (int k = k_begin; k < k_end; ++k) {
         int const t0 = k * kChunk;
-        if (!kPrefetch) load_chunk<T, kItems, kCpb>(regs, p, b, c0, t0);
+        if (!kPrefetch && kPass != kPassDiagNoLoad) load_chunk<T, kItems, kCpb, kOutput>(regs, p, b, c0, t0);
         store_tile<T, kItems, kCpb, kPlain>(s_u, regs.u, p.u_stride, c0, p.dim, t0, p.length, nullptr, 0);
         store_tile<T, kItems, kCpb, kDelta>(s_dt, regs.dt, p.delta_stride, c0, p.dim, t0, p.length, s_bias, p.delta_softplus);
         if (has_z) store_tile<T, kItems, kCpb, kSilu>(s_z, regs.z, p.z_stride, c0, p.dim, t0, p.length, nullptr, 0);
         store_tile<T, kItems, kCpb, kPlain>(s_b, regs.b, p.B_stride, 0, n_state, t0, p.length, nullptr, 0);
-        store_tile<T, kItems, kCpb, kPlain>(s_c, regs.c, p.C_stride, 0, n_state, t0, p.length, nullptr, 0);
+        if (kOutput) store_tile<T, kItems, kCpb, kPlain>(s_c, regs.c, p.C_stride, 0, n_state, t0, p.length, nullptr, 0);
 #pragma unroll 1
         for (int part = 1; part < bc_parts; ++part) {  // N > kCpb: the other states of B and C
             int const row0 = part * kCpb;
-            load_tile<T, kItems, kCpb>(regs.b, static_cast<T const*>(p.B), p.B_stride, b, row0, n_state, t0, p.length);
-            load_tile<T, kItems, kCpb>(regs.c, static_cast<T const*>(p.C), p.C_stride, b, row0, n_state, t0, p.length);
+            if (kPass != kPassDiagNoLoad) load_tile<T, kItems, kCpb>(regs.b, static_cast<T const*>(p.B), p.B_stride, b, row0, n_state, t0, p.length);
+            if (kOutput && kPass != kPassDiagNoLoad) load_tile<T, kItems, kCpb>(regs.c, static_cast<T const*>(p.C), p.C_stride, b, row0, n_state, t0, p.length);
             store_tile<T, kItems, kCpb, kPlain>(s_b + row0 * kRow, regs.b, p.B_stride, row0, n_state, t0, p.length, nullptr, 0);
-            store_tile<T, kItems, kCpb, kPlain>(s_c + row0 * kRow, regs.c, p.C_stride, row0, n_state, t0, p.length, nullptr, 0);
+            if (kOutput) store_tile<T, kItems, kCpb, kPlain>(s_c + row0 * kRow, regs.c, p.C_stride, row0, n_state, t0, p.length, nullptr, 0);
         }
         __syncthreads();
-        if (kPrefetch && k + 1 < n_chunks) load_chunk<T, kItems, kCpb>(regs, p, b, c0, t0 + kChunk);
+        if (kPrefetch && k + 1 < k_end && kPass != kPassDiagNoLoad) load_chunk<T, kItems, kCpb, kOutput>(regs, p, b, c0, t0 + kChunk);
 
         float dt[kItems], du[kItems], acc[kItems];
         float dt_sum = 0.0f;
@@ -316,43 +393,61 @@ __global__ void __launch_bounds__(kCpb * kLanes, kMinWarps * 32 / (kCpb * kLanes
             acc[i] = 0.0f;
             dt_sum += dt[i];
         }
-        float const* carry_in = s_carry + (k & 1) * kCpb * n_state + local_c * n_state;
-        float* carry_out = s_carry + ((k + 1) & 1) * kCpb * n_state + local_c * n_state;
+        dt_total += dt_sum;
+        float const* carry_in = s_carry + ((k - k_begin) & 1) * kCpb * n_state + local_c * n_state;
+        float* carry_out = s_carry + ((k - k_begin + 1) & 1) * kCpb * n_state + local_c * n_state;
         float const* a_row = s_a + local_c * n_state;
-        int n = 0;
+        int n = kPass == kPassDiagNoScan ? n_state : 0;
 #pragma unroll 1
         for (; n + 2 <= n_state; n += 2) {
-            scan_states<kItems, 2>(n, dt, du, acc, dt_sum, a_row, s_b, s_c, col0, carry_in, carry_out, lane);
+            scan_states<kItems, 2, kOutput>(n, dt, du, acc, dt_sum, a_row, s_b, s_c, col0, carry_in, carry_out, lane);
         }
-        if (n < n_state) scan_states<kItems, 1>(n, dt, du, acc, dt_sum, a_row, s_b, s_c, col0, carry_in, carry_out, lane);
+        if (n < n_state) scan_states<kItems, 1, kOutput>(n, dt, du, acc, dt_sum, a_row, s_b, s_c, col0, carry_in, carry_out, lane);
 
-        float* row_y = s_y + local_c * kRow + col0;
-        float const* row_z = s_z + local_c * kRow + col0;
+        if (kOutput) {
+            float* row_y = s_y + local_c * kRow + col0;
+            float const* row_z = s_z + local_c * kRow + col0;
 #pragma unroll
-        for (int i = 0; i < kItems; ++i) {
-            float v = fmaf(d_skip, row_u[i], acc[i]);
-            if (has_z) v *= row_z[i];
-            row_y[i] = v;
+            for (int i = 0; i < kItems; ++i) {
+                float v = fmaf(d_skip, row_u[i], acc[i]);
+                if (has_z) v *= row_z[i];
+                row_y[i] = v;
+            }
         }
         __syncthreads();
-        // y (the rows of s_y) with the same coalesced walk as the loads; the next chunk's staging does not touch s_y
-        TileWalk<kItems, kCpb> const walk(token_fast(p.y_stride));
-        int64_t const s1 = opaque(p.y_stride[1]), s2 = opaque(p.y_stride[2]);
-        int const row = c0 + walk.row, tok = t0 + walk.tok;
-        T* y_base = static_cast<T*>(p.y) + b * p.y_stride[0] + row * s1 + tok * s2;
-        float const* y_tile = s_y + walk.base_slot();
+        if (kOutput) {
+            // y (the rows of s_y) with the same coalesced walk as the loads; the next chunk's staging does not touch s_y
+            TileWalk<kItems, kCpb> const walk(token_fast(p.y_stride));
+            int64_t const s1 = opaque(p.y_stride[1]), s2 = opaque(p.y_stride[2]);
+            int const row = c0 + walk.row, tok = t0 + walk.tok;
+            T* y_base = static_cast<T*>(p.y) + b * p.y_stride[0] + row * s1 + tok * s2;
+            float const* y_tile = s_y + walk.base_slot();
 #pragma unroll
-        for (int kk = 0; kk < kItems; ++kk) {
-            int const dr = walk.row_step(kk), dtk = walk.tok_step(kk);
-            if (row + dr < p.dim && tok + dtk < p.length) from_float(y_tile[walk.slot(kk)], y_base + dr * s1 + dtk * s2);
+            for (int kk = 0; kk < kItems; ++kk) {
+                int const dr = walk.row_step(kk), dtk = walk.tok_step(kk);
+                if (row + dr < p.dim && tok + dtk < p.length) from_float(y_tile[walk.slot(kk)], y_base + dr * s1 + dtk * s2);
+            }
+        }
+    }
+    if (kPass == kPassEndState) {
+        // the segment's end state (the last chunk's carry_out, visible after the loop's last barrier) and sum of delta'
+#pragma unroll
+        for (int offset = 1; offset < kLanes; offset *= 2) dt_total += __shfl_xor_sync(0xffffffffu, dt_total, offset, kLanes);
+        float* ws = seg.workspace;
+        size_t const row = seg.row(b, segment, p.dim, channel);
+        float const* carry_end = s_carry + ((k_end - k_begin) & 1) * kCpb * n_state + local_c * n_state;
+        if (channel < p.dim) {
+            for (int n = lane; n < n_state; n += kLanes) ws[row * n_state + n] = carry_end[n];
+            if (lane == 0) ws[seg.sums_offset(p.batch, p.dim, n_state) + row] = dt_total;
         }
     }
 }
 
 // Launches one kernel variant: kCpb channels per block (a power of two, 2 .. kMaxChannelsPerBlock), kItems tokens
 // per lane, with or without prefetching the next chunk.
-template <typename T, int kItems, int kCpb, bool kPrefetch, int kMinWarps>
+template <typename T, int kItems, int kCpb, bool kPrefetch, int kMinWarps, int kPass = kPassWhole>
 inline cudaError_t launch_scan_variant(ScanParams const& p, cudaStream_t stream) {
+    static_assert(kPass != kPassEndState && kPass != kPassReplay, "split passes go through launch_scan_segmented");
     size_t const smem = scan_smem_bytes(kCpb, p.n_state, kItems, p.z != nullptr);
     int device = 0, smem_optin = 0;
     cudaError_t err = cudaGetDevice(&device);
@@ -361,11 +456,68 @@ inline cudaError_t launch_scan_variant(ScanParams const& p, cudaStream_t stream)
     if (smem > size_t(smem_optin)) return cudaErrorInvalidValue;  // n_state too large for this GPU's shared memory
     int64_t const blocks = int64_t(p.batch) * ((p.dim + kCpb - 1) / kCpb);
     if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
-    auto kernel = selective_scan_fwd_kernel<T, kItems, kCpb, kPrefetch, kMinWarps>;
+    auto kernel = selective_scan_fwd_kernel<T, kItems, kCpb, kPrefetch, kMinWarps, kPass>;
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
-    kernel<<<unsigned(blocks), kCpb * kLanes, smem, stream>>>(p);
+    int const n_chunks = (p.length + ChunkShape<kItems>::kChunk - 1) / ChunkShape<kItems>::kChunk;
+    kernel<<<unsigned(blocks), kCpb * kLanes, smem, stream>>>(p, SegmentArgs{1, n_chunks, nullptr});
     return cudaGetLastError();
+}
+
+using ScanKernel = void (*)(ScanParams, SegmentArgs);
+
+// Launches a kernel family (blocks of `cpb` channels and `threads` threads) with L split into segments (SegmentArgs):
+// `whole` (one pass) when S comes out as 1, else `pass1` then `pass2` on `stream`. `segments` = 0 picks as many as fill every resident block slot of the GPU
+// (occupancy API) when batch x channel blocks do not, at most one per chunk; n = at most n. `workspace` (device,
+// `workspace_bytes`) holds segment_workspace_floats(batch, dim, N, S) floats; too small -> cudaErrorInvalidValue.
+inline cudaError_t launch_split(ScanKernel whole, ScanKernel pass1, ScanKernel pass2, ScanParams const& p, int cpb,
+    int threads, int chunk, size_t smem, int segments, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+    int device = 0, smem_optin = 0, sms = 0, per_sm = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess) return err;
+    if (smem > size_t(smem_optin)) return cudaErrorInvalidValue;  // n_state too large for this GPU's shared memory
+    for (ScanKernel kernel : {whole, pass1, pass2}) {
+        err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+        if (err != cudaSuccess) return err;
+    }
+    int64_t const base_blocks = int64_t(p.batch) * ((p.dim + cpb - 1) / cpb);
+    int const n_chunks = (p.length + chunk - 1) / chunk;
+    if (segments <= 0) {
+        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pass2, threads, smem);
+        if (err != cudaSuccess) return err;
+        segments = int(std::max<int64_t>(1, int64_t(sms) * std::max(per_sm, 1) / base_blocks));
+    }
+    segments = std::min(segments, n_chunks);
+    int const per_segment = (n_chunks + segments - 1) / segments;
+    segments = (n_chunks + per_segment - 1) / per_segment;  // no empty segment
+    int64_t const blocks = base_blocks * segments;
+    if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
+    if (segments == 1) {
+        whole<<<unsigned(blocks), threads, smem, stream>>>(p, SegmentArgs{1, n_chunks, nullptr});
+        return cudaGetLastError();
+    }
+    if (workspace == nullptr || workspace_bytes < sizeof(float) * segment_workspace_floats(p.batch, p.dim, p.n_state, segments)) {
+        return cudaErrorInvalidValue;
+    }
+    SegmentArgs const args{segments, per_segment, static_cast<float*>(workspace)};
+    pass1<<<unsigned(blocks), threads, smem, stream>>>(p, args);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    pass2<<<unsigned(blocks), threads, smem, stream>>>(p, args);
+    return cudaGetLastError();
+}
+
+// launch_split for selective_scan_fwd_kernel's variant (kItems, kCpb, kPrefetch, kMinWarps).
+template <typename T, int kItems, int kCpb, bool kPrefetch, int kMinWarps>
+inline cudaError_t launch_scan_segmented(ScanParams const& p, int segments, void* workspace, size_t workspace_bytes,
+    cudaStream_t stream) {
+    return launch_split(selective_scan_fwd_kernel<T, kItems, kCpb, kPrefetch, kMinWarps, kPassWhole>,
+                        selective_scan_fwd_kernel<T, kItems, kCpb, kPrefetch, kMinWarps, kPassEndState>,
+                        selective_scan_fwd_kernel<T, kItems, kCpb, kPrefetch, kMinWarps, kPassReplay>, p, kCpb,
+                        kCpb * kLanes, ChunkShape<kItems>::kChunk, scan_smem_bytes(kCpb, p.n_state, kItems, p.z != nullptr), segments,
+                        workspace, workspace_bytes, stream);
 }
 
 inline bool valid_params(ScanParams const& p) {
@@ -374,31 +526,121 @@ inline bool valid_params(ScanParams const& p) {
            (p.dtype == kScanFloat32 || p.dtype == kScanFloat16);
 }
 
-template <typename T>
-inline cudaError_t launch_for_dtype(ScanParams const& p, cudaStream_t stream, bool few_blocks, size_t smem_optin) {
-    bool const has_z = p.z != nullptr;
-    // Few blocks (one per SM or fewer: small batches): the chunks' sequence is the critical path, so the longest
-    // chunks (16 tokens a lane) and no occupancy target. Many blocks: 8 tokens a lane with 16 warps per SM resident,
-    // the fastest measured (benchmarks/scan_native_*.json). Smaller blocks only when N's tiles do not fit otherwise.
-    if (few_blocks && scan_smem_bytes(16, p.n_state, 16, has_z) <= smem_optin) {
-        return launch_scan_variant<T, 16, 16, false, 8>(p, stream);
-    }
-    if (scan_smem_bytes(16, p.n_state, 8, has_z) <= smem_optin) return launch_scan_variant<T, 8, 16, false, 16>(p, stream);
-    return launch_scan_variant<T, 8, 4, false, 16>(p, stream);
+// ---- The shipped launcher (launch_selective_scan: scan_capi.cu, scan_plugin.cu) and its split policy ----
+
+// POLICY: how many segments launch_selective_scan cuts L into for these shapes, on a GPU of `sms` SMs that holds
+// `blocks_per_sm` blocks of the launcher's kernel each (occupancy API). Host-only arithmetic, no device call.
+//
+// Today 1 always: the split (kPassEndState + kPassReplay, launch_scan_segmented) has not been measured on a GPU yet.
+// The measurement is `python3 tools/scan_variants_gpu.py --json out.json` (the "split" rows against "launcher", batch
+// 1/8/32, default shapes). Where it shows the split faster, this becomes the measured rule, presumably the fill-the-GPU
+// count of launch_split's `segments = 0`,
+//     S = max(1, sms * blocks_per_sm / (batch * ceil(dim / 16)))   when L has at least <measured> chunks a segment,
+// and nothing else changes: the workspace (selective_scan_workspace_bytes) follows from this function, and the
+// plugin's getWorkspaceSize takes the largest need over its profile's batch and channel ranges at the longest L, so
+// the need must not fall as L grows (tests/test_csrc.py checks that on a grid).
+inline int selective_scan_segments(int batch, int dim, int n_state, int length, int sms, int blocks_per_sm) {
+    (void)batch, (void)dim, (void)n_state, (void)length, (void)sms, (void)blocks_per_sm;
+#ifdef MAMBAESR_TEST_SEGMENTS  // test builds only (tests/test_csrc.py): the plugin's workspace and split path on a GPU
+    return MAMBAESR_TEST_SEGMENTS;
+#else
+    return 1;
+#endif
 }
 
-// Launches the scan on `stream`. Returns cudaSuccess, cudaErrorInvalidValue for bad parameters (or an n_state whose
-// tiles do not fit this GPU's shared memory), or the launch's error.
-inline cudaError_t launch_selective_scan(ScanParams const& p, cudaStream_t stream) {
-    if (!valid_params(p)) return cudaErrorInvalidValue;
+// Workspace bytes for L cut into `segments` (0 when 1). Segments are capped at one per 128-token chunk (the shortest
+// chunk of any variant), so this bounds what launch_split needs for every variant's chunk length.
+inline size_t split_workspace_bytes(int batch, int dim, int n_state, int length, int segments) {
+    int const shortest_chunk = kLanes * 8;
+    int const capped = std::min(segments, (length + shortest_chunk - 1) / shortest_chunk);
+    return capped > 1 ? sizeof(float) * segment_workspace_floats(batch, dim, n_state, capped) : 0;
+}
+
+// Workspace bytes launch_selective_scan needs under the policy for these shapes (0 when it does not split).
+inline size_t selective_scan_workspace_bytes(int batch, int dim, int n_state, int length, int sms, int blocks_per_sm) {
+    return split_workspace_bytes(batch, dim, n_state, length, selective_scan_segments(batch, dim, n_state, length, sms, blocks_per_sm));
+}
+
+// One variant of the kernel template as a type, for the launcher's dispatch (no prefetch in any shipped variant).
+template <typename T_, int kItems_, int kCpb_, int kMinWarps_>
+struct ShippedVariant {
+    using T = T_;
+    static constexpr int kItems = kItems_, kCpb = kCpb_, kMinWarps = kMinWarps_;
+};
+
+// Calls visit(ShippedVariant<...>{}, sms) with the variant the launcher runs for p's shapes and dtype on the current
+// device. Few blocks (one per SM or fewer: small batches): the chunks' sequence is the critical path, so the longest
+// chunks (16 tokens a lane) and no occupancy target. Many blocks: 8 tokens a lane with 16 warps per SM resident, the
+// fastest measured (benchmarks/scan_native_*.json). Smaller blocks only when N's tiles do not fit otherwise.
+template <typename Visit>
+inline cudaError_t visit_shipped_variant(ScanParams const& p, Visit&& visit) {
     int device = 0, sms = 0, smem_optin = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (err != cudaSuccess) return err;
     bool const few_blocks = int64_t(p.batch) * ((p.dim + 15) / 16) <= int64_t(sms);
-    if (p.dtype == kScanFloat32) return launch_for_dtype<float>(p, stream, few_blocks, size_t(smem_optin));
-    return launch_for_dtype<__half>(p, stream, few_blocks, size_t(smem_optin));
+    bool const has_z = p.z != nullptr;
+    auto pick = [&](auto dtype) -> cudaError_t {
+        using T = decltype(dtype);
+        if (few_blocks && scan_smem_bytes(16, p.n_state, 16, has_z) <= size_t(smem_optin)) {
+            return visit(ShippedVariant<T, 16, 16, 8>{}, sms);
+        }
+        if (scan_smem_bytes(16, p.n_state, 8, has_z) <= size_t(smem_optin)) return visit(ShippedVariant<T, 8, 16, 16>{}, sms);
+        return visit(ShippedVariant<T, 8, 4, 16>{}, sms);
+    };
+    return p.dtype == kScanFloat32 ? pick(float{}) : pick(__half{});
+}
+
+// The segment count for variant V: `forced` when > 0 (tests), else the policy with V's resident blocks per SM.
+template <class V>
+inline cudaError_t shipped_segments(V, ScanParams const& p, int sms, int forced, int* segments) {
+    if (forced > 0) {
+        *segments = forced;
+        return cudaSuccess;
+    }
+    auto kernel = selective_scan_fwd_kernel<typename V::T, V::kItems, V::kCpb, false, V::kMinWarps, kPassReplay>;
+    size_t const smem = scan_smem_bytes(V::kCpb, p.n_state, V::kItems, p.z != nullptr);
+    int per_sm = 0;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, V::kCpb * kLanes, smem);
+    if (err != cudaSuccess) return err;
+    *segments = selective_scan_segments(p.batch, p.dim, p.n_state, p.length, sms, per_sm);
+    return cudaSuccess;
+}
+
+// Workspace bytes launch_selective_scan(p, ..., segments) needs on the current device: p's shapes, dtype and whether
+// z is given are read, its data pointers are not. `segments` as launch_selective_scan's.
+inline cudaError_t selective_scan_workspace_query(ScanParams const& p, int segments, size_t* bytes) {
+    *bytes = 0;
+    if (p.batch < 1 || p.dim < 1 || p.length < 1 || p.n_state < 1) return cudaErrorInvalidValue;
+    return visit_shipped_variant(p, [&](auto variant, int sms) -> cudaError_t {
+        int count = 1;
+        cudaError_t const err = shipped_segments(variant, p, sms, segments, &count);
+        if (err == cudaSuccess) *bytes = split_workspace_bytes(p.batch, p.dim, p.n_state, p.length, count);
+        return err;
+    });
+}
+
+// Launches the scan on `stream`. `workspace` (device memory, `workspace_bytes`) may be null/0 when
+// selective_scan_workspace_query gives 0 (today's policy: always). `segments`: 0 = the policy (every shipped caller);
+// > 0 forces that many (tests of the split path). Returns cudaSuccess, cudaErrorInvalidValue for bad parameters, an
+// n_state whose tiles do not fit this GPU's shared memory, or a workspace smaller than the query's bytes; or the
+// launch's error.
+inline cudaError_t launch_selective_scan(ScanParams const& p, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+    int segments = 0) {
+    if (!valid_params(p)) return cudaErrorInvalidValue;
+    return visit_shipped_variant(p, [&](auto variant, int sms) -> cudaError_t {
+        using V = decltype(variant);
+        int count = 1;
+        cudaError_t const err = shipped_segments(variant, p, sms, segments, &count);
+        if (err != cudaSuccess) return err;
+        if (count <= 1) return launch_scan_variant<typename V::T, V::kItems, V::kCpb, false, V::kMinWarps>(p, stream);
+        size_t const need = split_workspace_bytes(p.batch, p.dim, p.n_state, p.length, count);
+        if (need > 0 && (workspace == nullptr || workspace_bytes < need)) return cudaErrorInvalidValue;
+        return launch_scan_segmented<typename V::T, V::kItems, V::kCpb, false, V::kMinWarps>(p, count, workspace,
+                                                                                              workspace_bytes, stream);
+    });
 }
 
 }  // namespace mambaesr

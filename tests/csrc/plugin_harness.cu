@@ -3,7 +3,8 @@
 //
 //   plugin_harness LIB info              creator identity and field names
 //   plugin_harness LIB check             fields, serialisation round trip, output shapes, format combinations (no GPU)
-//   plugin_harness LIB run SPEC          + enqueue on device buffers (GPU): SPEC names the fields, tensors and files
+//   plugin_harness LIB run SPEC          + getWorkspaceSize and enqueue on device buffers (GPU): SPEC names the fields,
+//                                        tensors and files; prints "ok workspace BYTES" then "ok run"
 //
 // SPEC (text, one item per line):
 //   fields DELTA_SOFTPLUS HAS_D HAS_Z HAS_DELTA_BIAS TM_U TM_DELTA TM_Z TM_B TM_C TM_Y
@@ -307,7 +308,15 @@ void run(IPluginCreatorV3One* creator, char const* spec_path) {
     }
     cudaStream_t stream;
     REQUIRE(cudaStreamCreate(&stream) == cudaSuccess, "stream");
-    REQUIRE(runtime->enqueue(descs.data(), &descs[nb], device.data(), &device[nb], nullptr, stream) == 0, "enqueue");
+    // the workspace TensorRT would give: getWorkspaceSize's bytes for the profile (here min = max = these shapes)
+    size_t const workspace_bytes = build->getWorkspaceSize(io.data(), nb, &io[nb], 1);
+    void* workspace = nullptr;
+    if (workspace_bytes > 0) {
+        REQUIRE(cudaMalloc(&workspace, workspace_bytes) == cudaSuccess, "cudaMalloc workspace");
+        REQUIRE(cudaMemset(workspace, 0xff, workspace_bytes) == cudaSuccess, "poison the workspace (NaN)");
+    }
+    std::printf("ok workspace %zu\n", workspace_bytes);
+    REQUIRE(runtime->enqueue(descs.data(), &descs[nb], device.data(), &device[nb], workspace, stream) == 0, "enqueue");
     REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess, "the kernel ran");
     std::vector<char> host(bytes[nb]);
     REQUIRE(cudaMemcpy(host.data(), device[nb], bytes[nb], cudaMemcpyDeviceToHost) == cudaSuccess, "copy out");
@@ -315,6 +324,7 @@ void run(IPluginCreatorV3One* creator, char const* spec_path) {
     file.write(host.data(), std::streamsize(bytes[nb]));
     REQUIRE(file.good(), "y written");
     for (void* p : device) cudaFree(p);
+    cudaFree(workspace);
     cudaStreamDestroy(stream);
     delete plugin;
     std::printf("ok run\n");
