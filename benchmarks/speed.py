@@ -60,6 +60,7 @@ import datetime
 import gc
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -124,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ref-L", type=int, default=1024, help="sequence length of the reference scan rows (unless --with-reference)")
     p.add_argument("--tile", type=int, default=64)
     p.add_argument("--overlap", type=int, default=8)
+    p.add_argument("--unit-tile", type=int, default=None,
+                   help="tile size of the per-tile rows (default: --tile; issue 14 compares impls on 64x64 tiles)")
     p.add_argument("--tile-batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--frame-batch", type=int, default=128, help="tiles per call for frames (halved on out-of-memory)")
     p.add_argument("--frame-max-tiles", type=int, default=0, help="time this many tiles of a frame and extrapolate (0: all)")
@@ -132,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stream-warmup", type=int, default=10, help="frames of the warm-up stream before each stream row")
     p.add_argument("--stream-precisions", nargs="+", default=["default"], choices=["default", "fp32", "fp16", "bf16"],
                    help="stream rows: the plan's precision (default) and/or these")
+    p.add_argument("--stream-scans", nargs="+", default=["auto"],
+                   help="scan impl per stream row (auto = the app default; e.g. cuda = the native kernel)")
     p.add_argument("--stream-model", default=None, help="model for the stream rows (default: the shipped default)")
     p.add_argument("--profile", action="store_true", help="torch.profiler table of the 1080p network -> <json stem>_profile.json")
     p.add_argument("--train-batch", type=int, default=32)
@@ -234,11 +239,11 @@ class Runner:
                 "presets": args.presets, "amp": args.amp if cuda else ["none"],
                 "scan": {"L": args.scan_L, "dim": args.scan_dim, "N": args.scan_N, "batches": args.scan_batches,
                          "fwdbwd_batch": args.fwdbwd_batch, "ref_L": args.ref_L},
-                "tile": args.tile, "overlap": args.overlap, "tile_batches": args.tile_batches,
+                "tile": args.tile, "unit_tile": unit_tile(args), "overlap": args.overlap, "tile_batches": args.tile_batches,
                 "frames": {k: list(v) for k, v in args.frames.items()}, "frame_batch": args.frame_batch,
                 "frame_max_tiles": args.frame_max_tiles,
                 "stream": {"lr_hw": list(args.stream_hw), "frames": args.stream_frames, "warmup": args.stream_warmup,
-                           "precisions": args.stream_precisions, "model": args.stream_model or "shipped default"},
+                           "precisions": args.stream_precisions, "scans": args.stream_scans, "model": args.stream_model or "shipped default"},
                 "train": {"batch": args.train_batch, "patch": args.train_patch, "steps": args.train_steps},
                 "cudnn_benchmark": cuda, "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
                 "cudnn_tf32": torch.backends.cudnn.allow_tf32,
@@ -539,8 +544,13 @@ def build_model(kind: str, preset: str, cnn_specs: dict, device: torch.device) -
 
 
 # ----------------------------------------------------------------------------------------------------------- 2: tile
+def unit_tile(args) -> int:
+    """The tile size of the per-tile rows: --unit-tile, else --tile (the frame rows always use --tile)."""
+    return args.unit_tile or args.tile
+
+
 def tile_forward(model: nn.Module, impl: str | None, batch: int, amp: str, args, device: torch.device) -> dict:
-    xs = [torch.rand(batch, 3, args.tile, args.tile, device=device) for _ in range(3)]
+    xs = [torch.rand(batch, 3, unit_tile(args), unit_tile(args), device=device) for _ in range(3)]
 
     def fn(i: int) -> None:
         with torch.inference_mode(), autocast(device, amp):
@@ -611,12 +621,13 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
 
 
-def stream_row(precision: str, args, device: torch.device) -> dict:
+def stream_row(precision: str, scan: str, args, device: torch.device) -> dict:
     """Upscaler.stream with an app's defaults, uint8 HxWx3 in and out (see the module docstring, section 5)."""
     from mambaesr_edge.runtime.upscaler import Upscaler
 
     t0 = time.perf_counter()
-    up = Upscaler.from_path(args.stream_model, backend="torch", device=device.type, precision=None if precision == "default" else precision)
+    up = Upscaler.from_path(args.stream_model, backend="torch", device=device.type, precision=None if precision == "default" else precision,
+                            scan_impl=scan)
     open_s = time.perf_counter() - t0
     rng = np.random.default_rng(3)
     frames = [rng.integers(0, 256, (*args.stream_hw, 3), dtype=np.uint8) for _ in range(8)]  # (H, W, 3) uint8
@@ -846,8 +857,9 @@ def run_all(r: Runner) -> None:
     r.measure("copy_bandwidth", {"what": "device copy"}, lambda: copy_bandwidth(device, args))
     if "stream" in args.sections:  # issue 16's first target, so first
         frame = f"{args.stream_hw[1]}x{args.stream_hw[0]}"
-        for precision in args.stream_precisions:
-            r.measure("stream", {"precision": precision, "frame": frame}, lambda precision=precision: stream_row(precision, args, device))
+        for scan, precision in itertools.product(args.stream_scans, args.stream_precisions):
+            r.measure("stream", {"precision": precision, "scan": scan, "frame": frame},
+                      lambda precision=precision, scan=scan: stream_row(precision, scan, args, device))
     if "scan" in args.sections:
         run_scan(r, impls)
     cnn_specs = {}
@@ -883,7 +895,7 @@ def run_all(r: Runner) -> None:
             for amp in amps:
                 if "tile" in args.sections:
                     for b in args.tile_batches:
-                        label = {"preset": preset, "model": kind, "impl": impl, "amp": amp, "batch": b, "tile": args.tile}
+                        label = {"preset": preset, "model": kind, "impl": impl, "amp": amp, "batch": b, "tile": unit_tile(args)}
                         r.measure("tile", label, lambda b=b, amp=amp, model=model, scan=scan: tile_forward(model, scan, b, amp, args, device))
                 if "frame" in args.sections:
                     for name, hw in args.frames.items():
@@ -954,7 +966,7 @@ def summarise(r: Runner) -> None:
             goals[f"student_fps_{name}_lr_e2e"] = _goal(e2e["fps"], GOAL_FPS, ">=", student == GOAL_PRESET and cuda, impl=e2e["impl"],
                                                         amp=e2e["amp"],
                                                         note="runtime Upscaler.upscale_chw: device tiling and blend, float32 result to the host")
-    stream = next((x for x in rep["stream"] if x.get("precision") == "default" and "fps" in x), None)
+    stream = next((x for x in rep["stream"] if x.get("precision") == "default" and x.get("scan", "auto") == "auto" and "fps" in x), None)
     if stream:
         goals["issue16_stream_fps_540p_default"] = _goal(stream["fps"], GOAL16_STREAM_FPS, ">=", cuda and tuple(stream["lr_hw"]) == (540, 960),
                                                          precision=stream["precision_used"], settings=stream["settings"],
@@ -1024,9 +1036,10 @@ def print_table(r: Runner) -> None:
     lines.append(f"copy bandwidth: {_f(cb.get('gbs'), '{:.1f}')} GB/s {_status(cb)}")
     if rep["stream"]:
         lines += ["", "STREAM (Upscaler.stream, app defaults, uint8 HxWx3 in and out; latency = source -> consumer, queueing included)",
-                  f"{'precision':9s} {'used':5s} {'frame':8s} {'frames':>6s} {'fps':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'drop':>5s}  settings"]
+                  f"{'precision':9s} {'scan':6s} {'used':5s} {'frame':8s} {'frames':>6s} {'fps':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
+                  f"{'drop':>5s}  settings"]
         for x in rep["stream"]:
-            lines.append(f"{x.get('precision', '?'):9s} {x.get('precision_used', '-'):5s} {x.get('frame', '?'):8s} "
+            lines.append(f"{x.get('precision', '?'):9s} {x.get('scan', 'auto'):6s} {x.get('precision_used', '-'):5s} {x.get('frame', '?'):8s} "
                          f"{_f(x.get('frames'), '{:d}'):>6s} {_f(x.get('fps'), '{:8.2f}'):>8s} {_f(x.get('latency_ms_p50'), '{:8.1f}'):>8s} "
                          f"{_f(x.get('latency_ms_p99'), '{:8.1f}'):>8s} {_f(x.get('dropped'), '{:d}'):>5s}  {x.get('settings', '')} {_status(x)}")
     if rep["scan"]:
@@ -1047,7 +1060,7 @@ def print_table(r: Runner) -> None:
                              f"{spec['mamba_macs_per_lr_pixel']:.0f} ({100 * spec['rel_diff']:+.1f}%); "
                              f"params {spec['params']} vs {spec['mamba_params']}")
     if rep["tile"]:
-        lines += ["", f"NETWORK PER {r.args.tile}x{r.args.tile} LR TILE",
+        lines += ["", f"NETWORK PER {unit_tile(r.args)}x{unit_tile(r.args)} LR TILE",
                   f"{'preset':8s} {'model':6s} {'impl':10s} {'amp':5s} {'batch':>5s} {'ms':>10s} {'ms/tile':>9s} {'tiles/s':>9s} {'x CNN':>7s}"]
         for x in rep["tile"]:
             lines.append(f"{x.get('preset', '?'):8s} {x.get('model', '?'):6s} {x.get('impl', '?'):10s} {x.get('amp', '-'):5s} {x.get('batch', 0):5d} "

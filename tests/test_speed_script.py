@@ -58,6 +58,7 @@ def test_quick_run_writes_all_sections(tmp_path: Path) -> None:
     assert {r["section"] for r in report["ratios"]} == {"tile", "frame", "train"}
     assert abs(report["cnn"]["test"]["rel_diff"]) <= 0.10
     (stream,) = report["stream"]  # issue 16: the app-default Upscaler.stream row, uint8 in and out
+    assert stream["scan"] == "auto"
     assert "error" not in stream, stream
     assert stream["frames"] == 6 and stream["fps"] > 0 and stream["out_shape"] == [80, 112, 3] and stream["dropped"] == 0
     assert 0 < stream["latency_ms_p50"] <= stream["latency_ms_p99"] and stream["precision_used"] == "fp32"

@@ -56,11 +56,16 @@ VARIANTS_SOURCE = ROOT / "tools" / "scan_variants.cu"
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 FLAGS = ("D", "z", "bias", "softplus")
-ALL_FLAGS = [tuple(f for f, on in zip(FLAGS, bits, strict=True) if on) for bits in itertools.product((0, 1), repeat=4)]
+# Every flag combination the model can produce: a delta bias comes with softplus (model.py). Without softplus, a
+# bias makes delta negative (make_inputs draws it from N(0, 1)), the state grows as exp(|delta * A|) and the fp64
+# truth itself overflows to inf / NaN, so such cases cannot be checked (the first run of this script failed every
+# variant, the shipped launcher included, on them alone).
+ALL_FLAGS = [flags for flags in (tuple(f for f, on in zip(FLAGS, bits, strict=True) if on) for bits in itertools.product((0, 1), repeat=4))
+             if "bias" not in flags or "softplus" in flags]
 CASES = [(17, opts) for opts in ALL_FLAGS] + [(1000, opts) for opts in ALL_FLAGS] + [
     (1, FLAGS), (255, ("D",)), (4097, ("z",)), (4097, ("bias", "softplus")), (4097, FLAGS), (20000, FLAGS)]
 SHAPE = {"dim": 120, "n_state": 16, "length": 4096}
-BATCHES = (1, 8, 32)
+BATCHES = (1, 8, 16, 32)
 FIXED_SEGMENTS = (2, 4, 8, 16, 32)
 INVALID_VALUE = 1  # cudaErrorInvalidValue: the variant does not take these inputs (fp16 for async, smem too small)
 

@@ -531,11 +531,12 @@ inline bool valid_params(ScanParams const& p) {
 // POLICY: how many segments launch_selective_scan cuts L into for these shapes, on a GPU of `sms` SMs that holds
 // `blocks_per_sm` blocks of the launcher's kernel each (occupancy API). Host-only arithmetic, no device call.
 //
-// Today 1 always: the split (kPassEndState + kPassReplay, launch_scan_segmented) has not been measured on a GPU yet.
-// The measurement is `python3 tools/scan_variants_gpu.py --json out.json` (the "split" rows against "launcher", batch
-// 1/8/32, default shapes). Where it shows the split faster, this becomes the measured rule, presumably the fill-the-GPU
-// count of launch_split's `segments = 0`,
-//     S = max(1, sms * blocks_per_sm / (batch * ceil(dim / 16)))   when L has at least <measured> chunks a segment,
+// Today 1 always. The split (kPassEndState + kPassReplay, launch_scan_segmented) has been timed on an H100
+// (`python3 tools/scan_variants_gpu.py`, benchmarks/scan_variants_h100.json, default shapes): with the fill-the-GPU
+// count of launch_split's `segments = 0`, the 8-token / 16-channel kernel takes 0.027 ms at batch 1 against 0.222 ms
+// in one pass, 0.156 against 0.224 at batch 8; two segments lose to one pass (batch 8: 0.229, batch 32: 0.485). The
+// measured rule, not yet through the GPU tests and so not switched on here, is
+//     S = sms * blocks_per_sm / (batch * ceil(dim / 16))   when that is at least 4, else 1,
 // and nothing else changes: the workspace (selective_scan_workspace_bytes) follows from this function, and the
 // plugin's getWorkspaceSize takes the largest need over its profile's batch and channel ranges at the longest L, so
 // the need must not fall as L grows (tests/test_csrc.py checks that on a grid).
