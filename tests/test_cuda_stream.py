@@ -199,14 +199,15 @@ def test_pinned_pool_reuses_a_slot_after_its_copy():
 @pytest.mark.gpu
 @pytest.mark.data
 @pytest.mark.parametrize("precision, tolerance_db", [("fp32", 0.005), ("fp16", 0.02), ("bf16", 0.02)])
-def test_set5_through_the_cuda_stream_matches_the_cpu(benchmark_dir, precision, tolerance_db):
+@pytest.mark.parametrize("scan", ["auto", "cuda"])
+def test_set5_through_the_cuda_stream_matches_the_cpu(benchmark_dir, precision, tolerance_db, scan):
     from mambaesr_edge.datasets import load_pairs
     from mambaesr_edge.evaluate import evaluate_pairs
 
     pairs = list(load_pairs(benchmark_dir / "Set5", 4))
     cpu = Upscaler.from_path(None, backend="torch", device="cpu")
-    cuda = Upscaler.from_path(None, backend="torch", device="cuda", precision=precision)
+    cuda = Upscaler.from_path(None, backend="torch", device="cuda", precision=precision, scan_impl=scan)
     by_id = {id(p.lr): out for p, out in zip(pairs, cuda.stream([p.lr for p in pairs]), strict=True)}
     on_gpu = evaluate_pairs(lambda lr: by_id[id(lr)], pairs, name="Set5", scale=4)
     on_cpu = evaluate_pairs(cpu, pairs, name="Set5", scale=4)
-    assert abs(on_gpu.psnr - on_cpu.psnr) <= tolerance_db, (precision, on_gpu.psnr, on_cpu.psnr)
+    assert abs(on_gpu.psnr - on_cpu.psnr) <= tolerance_db, (precision, scan, on_gpu.psnr, on_cpu.psnr)
