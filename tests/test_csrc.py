@@ -348,12 +348,12 @@ def test_cuda_impl_with_a_forced_split_matches_reference(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.data
-def test_default_model_keeps_set5_psnr_with_the_cuda_scan(benchmark_dir):
+def test_default_model_keeps_set5_psnr_with_the_cuda_scan(benchmark_dir, monkeypatch):
     from mambaesr_edge.checkpoint import load_model
     from mambaesr_edge.evaluate import evaluate_dataset
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     model, _ = load_model(scan_impl="chunked")
     model = model.cuda().eval()
     chunked = evaluate_dataset(model, benchmark_dir / "Set5", scale=model.scale, scan_impl="chunked")

@@ -107,8 +107,8 @@ def test_model_with_the_fused_layer_norm_matches_the_pytorch_ops(monkeypatch, am
     from mambaesr_edge.model import MambaSR
     from mambaesr_edge.presets import get_preset
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     net = MambaSR(get_preset("dvmsr-g1")).cuda().eval()
     for norm in (m for m in net.modules() if isinstance(m, torch.nn.LayerNorm)):  # not the identity init's 1 and 0
