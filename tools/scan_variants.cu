@@ -1,8 +1,8 @@
 // Measurement entry point (tools/scan_variants_gpu.py builds it; not package data, not shipped): every kernel
 // variant of mambaesr_edge/csrc/selective_scan.cuh behind one C function, picked by id, so one process can check and
 // time them all. Variant 0 is the committed launcher (`launch_selective_scan`), whatever it picks.
-#include "../mambaesr_edge/csrc/selective_scan_async.cuh"
-#include "../mambaesr_edge/csrc/selective_scan_pair.cuh"
+#include "selective_scan_async.cuh"
+#include "selective_scan_pair.cuh"
 
 using namespace mambaesr;
 

@@ -1,7 +1,7 @@
 """Check and time every native scan kernel variant (tools/scan_variants.cu) in one process on one GPU.
 
 1. Build tools/scan_variants.cu once for this GPU's arch (native_build's nvcc flags): every variant of
-   csrc/selective_scan.cuh, selective_scan_async.cuh and selective_scan_pair.cuh behind one C function, picked by id;
+   csrc/selective_scan.cuh, tools/selective_scan_async.cuh and tools/selective_scan_pair.cuh behind one C function, picked by id;
    id 0 is the committed launcher (`launch_selective_scan`).
 2. Correctness, per variant: outputs poisoned with NaN first, then matched against the fp32 `reference` on the GPU
    and the fp64 truth (fp32 rel <= 1e-5, fp16 <= 2e-3) for L = 1, 17, 255, 1000, 4097, 20000 (none a multiple of a

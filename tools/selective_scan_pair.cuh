@@ -1,5 +1,5 @@
 // Selective scan kernel variant with two channels per half-warp, for measurement against selective_scan.cuh's kernel
-// (one channel per half-warp); not yet used by `launch_selective_scan` or the plugin (tools/scan_variants.cu).
+// (one channel per half-warp); not package data, not used by `launch_selective_scan` or the plugin (tools/scan_variants.cu).
 //
 // What differs from selective_scan_fwd_kernel (same contract, shared-memory tiles, staging and chunk loop):
 // - A block of kCpb channels has kCpb / 2 half-warps (kCpb * 8 threads); half-warp q owns channels 2q and 2q + 1.
@@ -10,7 +10,7 @@
 //   channel-fast walk then steps 8 tokens, hence kItems <= 8.
 #pragma once
 
-#include "selective_scan.cuh"
+#include "../mambaesr_edge/csrc/selective_scan.cuh"
 
 namespace mambaesr {
 

@@ -1,6 +1,6 @@
 // Selective scan kernel variant with the next chunk's inputs copied into shared memory while this chunk is computed
-// (cp.async, sm_80+), for measurement against selective_scan.cuh's register-staged kernel; not yet used by
-// `launch_selective_scan` or the plugin (tools/scan_variants.cu reaches it).
+// (cp.async, sm_80+), for measurement against csrc/selective_scan.cuh's register-staged kernel; not package data, not
+// used by `launch_selective_scan` or the plugin (tools/scan_variants.cu reaches it).
 //
 // What differs from selective_scan_fwd_kernel (same contract, work split, shared-memory tile layout and scan steps):
 // - Two stages of raw input tiles (u, delta, z, B, C as read: fp32, zero outside the tensor). While chunk k is
@@ -14,7 +14,7 @@
 // Shared memory per block (floats): 2 stages x (u, delta, [z], B, C) tiles, the y tile, A log2(e), carry, bias.
 #pragma once
 
-#include "selective_scan.cuh"
+#include "../mambaesr_edge/csrc/selective_scan.cuh"
 
 namespace mambaesr {
 
