@@ -62,7 +62,10 @@ DEFAULT_OVERLAP = 16
 GPU_TILE = 128  # LR tile on a device-tiling GPU: a 960x540 frame is 45 tiles (x1.42 pixels with overlap 16)
 GPU_MAX_BATCH = 256  # tiles per network call on a GPU: every tile of a 1920x1080 LR frame (170 at GPU_TILE)
 GPU_SAFETY = 2.0  # measured peak bytes per pixel x this (allocator fragmentation, blend buffers, cuBLAS workspaces)
-GPU_WHOLE_MAX = 4096  # largest LR side run in one piece where the scan splits long sequences (16.8 M tokens)
+# Largest LR side run in one piece where the scan splits long sequences: 1920x1080 fits. 4.2 M tokens keep every
+# tensor of one image under 2**31 elements (in_proj's output is 2 x d_inner = 240 per token), which the Triton
+# kernels' 32-bit offsets need.
+GPU_WHOLE_MAX = 2048
 PRECISIONS = ("fp32", "fp16", "bf16")  # bf16: the torch backend on CUDA only
 
 
