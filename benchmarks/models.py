@@ -17,8 +17,9 @@ Columns, each measured by this project's own code:
   plugin_rooflines, the roofline cost model: modelled, not measured);
 - CPU seconds for 128x128 -> 512x512 (Set5 baby): the whole `mambaesr-edge upscale` process, median of --cpu-rounds,
   as benchmarks/cpu_upscale.py times it (the backend upscale picks: numpy for our .safetensors, torch for a .pth);
-- GPU ms per 64x64 tile at batch 16 and per 960x540 LR frame (fp32, the torch backend, CUDA events, median of 20
-  after 5 warm-ups; the frame through Upscaler tiled at 64 with overlap 16, batch 16): only on a CUDA machine,
+- GPU ms per 64x64 tile at batch 16 and per 960x540 uint8 LR frame (fp32, the torch backend with its default scan,
+  perf_counter + synchronize, median of 20 after 5 warm-ups; the frame through ``Upscaler(backend)`` with the
+  defaults an app gets, its settings recorded beside the figure): only on a CUDA machine,
   else taken from a `--gpu-only` run's JSON given with --gpu-from (its command, device and date go into the
   report), else null with the reason in `null_reasons`.
 DVMSR's weights are read from the shared folder at run time, never copied.
@@ -105,7 +106,8 @@ def cpu_seconds(weights: Path, rounds: int, workdir: Path) -> dict:
 
 
 def gpu_columns(weights: Path) -> dict:
-    """GPU ms per 64x64 tile batch 16 and per 960x540 LR frame (fp32, torch backend); measured on CUDA only."""
+    """GPU ms per 64x64 tile batch 16 (network only) and per 960x540 uint8 LR frame through the Upscaler with the
+    defaults an app gets (fp32, torch backend, its default scan; settings recorded); measured on CUDA only."""
     import torch
 
     if not torch.cuda.is_available():
@@ -116,7 +118,7 @@ def gpu_columns(weights: Path) -> dict:
     backend = open_backend(weights, "torch", device="cuda")
     tiles = np.random.default_rng(0).random((16, 3, 64, 64), dtype=np.float32)
     frame = np.random.default_rng(1).integers(0, 255, (540, 960, 3), dtype=np.uint8)
-    up = Upscaler(backend, tile=64, overlap=16, batch=16)
+    up = Upscaler(backend)
 
     def timed(fn) -> float:
         for _ in range(5):
@@ -131,7 +133,8 @@ def gpu_columns(weights: Path) -> dict:
         return statistics.median(runs)
 
     return {"gpu_device": torch.cuda.get_device_name(), "gpu_ms_per_tile_batch16": timed(lambda: backend.run(tiles)),
-            "gpu_ms_per_frame_960x540": timed(lambda: up(frame))}
+            "gpu_ms_per_frame_960x540": timed(lambda: up(frame)), "gpu_frame_settings": str(up.settings),
+            "gpu_backend": backend.info.detail}
 
 
 GPU_KEYS = ("gpu_ms_per_tile_batch16", "gpu_ms_per_frame_960x540")

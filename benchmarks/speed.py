@@ -137,7 +137,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stream rows: the plan's precision (default) and/or these")
     p.add_argument("--stream-scans", nargs="+", default=["auto"],
                    help="scan impl per stream row (auto = the app default; e.g. cuda = the native kernel)")
+    p.add_argument("--stream-tile", type=int, default=None, help="stream rows: LR tile (default: the app's; 0: whole frames)")
     p.add_argument("--stream-model", default=None, help="model for the stream rows (default: the shipped default)")
+    p.add_argument("--matmul-tf32", action="store_true",
+                   help="fp32 matmuls on TF32 tensor cores (torch.backends.cuda.matmul.allow_tf32; cuDNN convs use TF32 by default)")
     p.add_argument("--profile", action="store_true", help="torch.profiler table of the 1080p network -> <json stem>_profile.json")
     p.add_argument("--train-batch", type=int, default=32)
     p.add_argument("--train-patch", type=int, default=64)
@@ -243,7 +246,8 @@ class Runner:
                 "frames": {k: list(v) for k, v in args.frames.items()}, "frame_batch": args.frame_batch,
                 "frame_max_tiles": args.frame_max_tiles,
                 "stream": {"lr_hw": list(args.stream_hw), "frames": args.stream_frames, "warmup": args.stream_warmup,
-                           "precisions": args.stream_precisions, "scans": args.stream_scans, "model": args.stream_model or "shipped default"},
+                           "precisions": args.stream_precisions, "scans": args.stream_scans,
+                           "tile": args.stream_tile, "model": args.stream_model or "shipped default"},
                 "train": {"batch": args.train_batch, "patch": args.train_patch, "steps": args.train_steps},
                 "cudnn_benchmark": cuda, "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
                 "cudnn_tf32": torch.backends.cudnn.allow_tf32,
@@ -545,8 +549,8 @@ def build_model(kind: str, preset: str, cnn_specs: dict, device: torch.device) -
 
 # ----------------------------------------------------------------------------------------------------------- 2: tile
 def unit_tile(args) -> int:
-    """The tile size of the per-tile rows: --unit-tile, else --tile (the frame rows always use --tile)."""
-    return args.unit_tile or args.tile
+    """The tile size of the per-tile rows: --unit-tile, else --tile (64 where --tile 0; the frame rows always use --tile)."""
+    return args.unit_tile or args.tile or 64
 
 
 def tile_forward(model: nn.Module, impl: str | None, batch: int, amp: str, args, device: torch.device) -> dict:
@@ -561,14 +565,24 @@ def tile_forward(model: nn.Module, impl: str | None, batch: int, amp: str, args,
 
 
 # ----------------------------------------------------------------------------------------------------------- 2: frame
+def frame_plan(frame_hw: tuple[int, int], args):
+    """The tiles of one LR frame: ``--tile`` with ``--overlap``; ``--tile 0``: the whole frame as one tile."""
+    return plan_tiles(frame_hw, frame_hw, 0) if args.tile == 0 else plan_tiles(frame_hw, args.tile, args.overlap)
+
+
+def frame_tiles(frame: torch.Tensor, plan, count: int) -> torch.Tensor:
+    th, tw = plan.tile_hw
+    return torch.stack([frame[:, y : y + th, x : x + tw] for y, x in plan.origins[:count]])  # (count, 3, th, tw)
+
+
 def frame_model(model: nn.Module, impl: str | None, frame_hw: tuple[int, int], amp: str, args, device: torch.device) -> dict:
     """Network time for all tiles of one LR frame, tiles already on the device (no blend, no transfer)."""
-    plan = plan_tiles(frame_hw, args.tile, args.overlap)
+    plan = frame_plan(frame_hw, args)
     gen = torch.Generator(device="cpu").manual_seed(1)
     frame = torch.rand(3, *plan.padded_hw, generator=gen).to(device)
     n_total = plan.num_tiles
     n_timed = min(n_total, args.frame_max_tiles) if args.frame_max_tiles else n_total
-    tiles = torch.stack([frame[:, y : y + args.tile, x : x + args.tile] for y, x in plan.origins[:n_timed]])  # (n, 3, t, t)
+    tiles = frame_tiles(frame, plan, n_timed)  # (n, 3, th, tw)
     batch = args.frame_batch
     while True:
         def run(_i: int, batch=batch) -> None:
@@ -626,8 +640,9 @@ def stream_row(precision: str, scan: str, args, device: torch.device) -> dict:
     from mambaesr_edge.runtime.upscaler import Upscaler
 
     t0 = time.perf_counter()
+    tile = {} if args.stream_tile is None else {"tile": args.stream_tile}  # none given: the defaults an app gets
     up = Upscaler.from_path(args.stream_model, backend="torch", device=device.type, precision=None if precision == "default" else precision,
-                            scan_impl=scan)
+                            scan_impl=scan, **tile)
     open_s = time.perf_counter() - t0
     rng = np.random.default_rng(3)
     frames = [rng.integers(0, 256, (*args.stream_hw, 3), dtype=np.uint8) for _ in range(8)]  # (H, W, 3) uint8
@@ -665,9 +680,9 @@ def profile_frame(model: nn.Module, impl: str | None, frame_hw: tuple[int, int],
     the CPU: self CPU time per op)."""
     from torch.profiler import ProfilerActivity, profile
 
-    plan = plan_tiles(frame_hw, args.tile, args.overlap)
+    plan = frame_plan(frame_hw, args)
     frame = torch.rand(3, *plan.padded_hw, generator=torch.Generator().manual_seed(1)).to(device)
-    tiles = torch.stack([frame[:, y : y + args.tile, x : x + args.tile] for y, x in plan.origins])  # (n, 3, t, t)
+    tiles = frame_tiles(frame, plan, plan.num_tiles)  # (n, 3, th, tw)
     batch, reps = args.frame_batch, 2
 
     def run() -> None:
@@ -968,7 +983,8 @@ def summarise(r: Runner) -> None:
                                                         note="runtime Upscaler.upscale_chw: device tiling and blend, float32 result to the host")
     stream = next((x for x in rep["stream"] if x.get("precision") == "default" and x.get("scan", "auto") == "auto" and "fps" in x), None)
     if stream:
-        goals["issue16_stream_fps_540p_default"] = _goal(stream["fps"], GOAL16_STREAM_FPS, ">=", cuda and tuple(stream["lr_hw"]) == (540, 960),
+        goals["issue16_stream_fps_540p_default"] = _goal(stream["fps"], GOAL16_STREAM_FPS, ">=", cuda and tuple(stream["lr_hw"]) == (540, 960)
+                                                         and args.stream_tile is None,
                                                          precision=stream["precision_used"], settings=stream["settings"],
                                                          p50_ms=stream["latency_ms_p50"], p99_ms=stream["latency_ms_p99"],
                                                          note="Upscaler.from_path(None, backend='torch') defaults, uint8 in/out")
@@ -1109,6 +1125,8 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+        if args.matmul_tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
 
     def stop(signum, _frame):
         raise Interrupted(f"signal {signum}")
