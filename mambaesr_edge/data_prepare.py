@@ -24,7 +24,6 @@ import logging
 import os
 import secrets
 import shutil
-import stat
 import tarfile
 import urllib.error
 import urllib.parse
@@ -32,10 +31,10 @@ import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import MappingProxyType
-from typing import BinaryIO
 
+from .archive_sources import IMAGE_MAGIC, Source, corrupt_archive, match_images, open_source
 from .datasets import IMAGE_SUFFIXES, find_images
 from .errors import DatasetError
 
@@ -201,237 +200,6 @@ def _os_error(exc: OSError, doing: str) -> DatasetError:
     return DatasetError(f"error while {doing}: {exc}", hint="check that the folder exists and is writable")
 
 
-# ---------------------------------------------------------------------------------------------------------- sources
-
-
-def _safe_parts(name: str, archive: Path) -> tuple[str, ...]:
-    """A member name as path components; refuses absolute paths, drive letters and '..'."""
-    unified = name.replace("\\", "/")
-    path = PurePosixPath(unified)
-    parts = tuple(p for p in path.parts if p not in ("", "."))
-    if path.is_absolute() or ".." in parts or (parts and ":" in parts[0]):
-        raise DatasetError(f"unsafe member {name!r} in {archive.name}: it points outside the archive",
-                           hint="the archive is corrupt or malicious; get it from the official site")
-    return parts
-
-
-def _inside(base: tuple[str, ...], target: str) -> tuple[str, ...] | None:
-    """Components of link `target` resolved against folder `base`, or None when it leaves the archive."""
-    if target.startswith(("/", "\\")) or (len(target) > 1 and target[1] == ":"):
-        return None
-    parts = list(base)
-    for piece in target.replace("\\", "/").split("/"):
-        if piece in ("", "."):
-            continue
-        if piece == "..":
-            if not parts:
-                return None
-            parts.pop()
-        else:
-            parts.append(piece)
-    return tuple(parts)
-
-
-class _Source:
-    """Files of an archive or a folder, by path components; `open` gives a binary stream."""
-
-    label: str
-
-    def files(self) -> list[tuple[str, ...]]:
-        raise NotImplementedError
-
-    def open(self, member: tuple[str, ...]) -> BinaryIO:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class _ZipSource(_Source):
-    def __init__(self, path: Path) -> None:
-        self.label = str(path)
-        self.zf: zipfile.ZipFile | None = None
-        try:
-            self._check(path)
-        except BaseException:
-            self.close()
-            raise
-
-    def _check(self, path: Path) -> None:
-        try:
-            self.zf = zipfile.ZipFile(path)
-            bad = self.zf.testzip()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as exc:
-            raise _corrupt(path, exc) from exc
-        if bad is not None:
-            raise _corrupt(path, f"CRC error in member {bad}")
-        self.members: dict[tuple[str, ...], str] = {}
-        links: dict[tuple[str, ...], tuple[str, ...]] = {}
-        for info in self.zf.infolist():
-            parts = _safe_parts(info.filename, path)
-            if info.is_dir() or not parts:
-                continue
-            if stat.S_ISLNK(info.external_attr >> 16):  # a symlink stored by Info-ZIP: its data is the target
-                target = _inside(parts[:-1], self.zf.read(info).decode("utf-8", "replace"))
-                if target is None:
-                    raise _link_outside(path, info.filename)
-                links[parts] = target
-                continue
-            self.members[parts] = info.filename
-        for parts, target in links.items():  # a link inside the archive reads as a copy of its target
-            if target in self.members:
-                self.members[parts] = self.members[target]
-
-    def files(self) -> list[tuple[str, ...]]:
-        return list(self.members)
-
-    def open(self, member: tuple[str, ...]) -> BinaryIO:
-        assert self.zf is not None
-        return self.zf.open(self.members[member])  # type: ignore[return-value]
-
-    def close(self) -> None:
-        if self.zf is not None:
-            self.zf.close()
-
-
-class _TarSource(_Source):
-    def __init__(self, path: Path) -> None:
-        self.label = str(path)
-        self.tf: tarfile.TarFile | None = None
-        try:
-            self._check(path)
-        except BaseException:
-            self.close()
-            raise
-
-    def _check(self, path: Path) -> None:
-        try:
-            self.tf = tarfile.open(path, "r:*")  # noqa: SIM115  (closed by close())
-            members = self.tf.getmembers()
-        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-            raise _corrupt(path, exc) from exc
-        if not members:
-            raise _corrupt(path, "no members")
-        self.members: dict[tuple[str, ...], tarfile.TarInfo] = {}
-        for member in members:
-            parts = _safe_parts(member.name, path)
-            if member.issym() or member.islnk():
-                base = parts[:-1] if member.issym() else ()  # hard links name a path from the archive's top
-                if _inside(base, member.linkname) is None:
-                    raise _link_outside(path, member.name)
-            if (member.isfile() or member.issym() or member.islnk()) and parts:
-                self.members[parts] = member
-        try:  # read every file once: catches truncation and gzip/bzip2/xz CRC errors
-            for member in self.members.values():
-                if member.isfile():
-                    stream = self.tf.extractfile(member)
-                    while stream is not None and stream.read(1 << 20):
-                        pass
-            # tarfile stops quietly where a truncated archive ends: require the end-of-archive zero block
-            fileobj = self.tf.fileobj
-            fileobj.seek(self.tf.offset)
-            end = fileobj.read(tarfile.BLOCKSIZE)
-            if len(end) < tarfile.BLOCKSIZE or end.count(0) != tarfile.BLOCKSIZE:
-                raise _corrupt(path, "it ends early (no end-of-archive marker): the file is truncated")
-            while fileobj.read(1 << 20):  # to the end of a compressed stream, where its CRC is checked
-                pass
-        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-            raise _corrupt(path, exc) from exc
-
-    def files(self) -> list[tuple[str, ...]]:
-        return list(self.members)
-
-    def open(self, member: tuple[str, ...]) -> BinaryIO:
-        try:
-            stream = self.tf.extractfile(self.members[member])  # follows links inside the archive
-        except (KeyError, tarfile.TarError) as exc:
-            raise _corrupt(Path(self.label), f"cannot read {'/'.join(member)}: {exc}") from exc
-        if stream is None:
-            raise _corrupt(Path(self.label), f"{'/'.join(member)} is not a file")
-        return stream  # type: ignore[return-value]
-
-    def close(self) -> None:
-        if self.tf is not None:
-            self.tf.close()
-
-
-class _DirSource(_Source):
-    """A local folder; member paths start with the folder's own name (so --from .../Set5 matches "Set5/HR")."""
-
-    def __init__(self, path: Path) -> None:
-        self.label = str(path)
-        self.root = path.resolve()
-        self.paths: dict[tuple[str, ...], Path] = {}
-        for folder, dirs, names in os.walk(self.root):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            rel = Path(folder).relative_to(self.root).parts
-            for name in names:
-                if not name.startswith("."):
-                    self.paths[(self.root.name, *rel, name)] = Path(folder) / name
-
-    def files(self) -> list[tuple[str, ...]]:
-        return list(self.paths)
-
-    def open(self, member: tuple[str, ...]) -> BinaryIO:
-        return open(self.paths[member], "rb")
-
-
-def _corrupt(path: Path, detail: object) -> DatasetError:
-    return DatasetError(f"corrupt or unreadable archive {path}: {detail}",
-                        hint="delete it and download it again (or get it from another mirror with --base-url)")
-
-
-def _link_outside(path: Path, name: str) -> DatasetError:
-    return DatasetError(f"unsafe link {name!r} in {path.name}: it points outside the archive",
-                        hint="the archive is corrupt or malicious; get it from the official site")
-
-
-def _open_source(path: Path) -> _Source:
-    if path.is_dir():
-        return _DirSource(path)
-    if not path.is_file():
-        raise DatasetError(f"not found: {path}", hint="pass an existing folder or archive with --from")
-    if zipfile.is_zipfile(path):
-        return _ZipSource(path)
-    try:
-        is_tar = tarfile.is_tarfile(path)
-    except OSError as exc:
-        raise _corrupt(path, exc) from exc
-    if is_tar or path.name.lower().endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
-        return _TarSource(path)
-    raise _corrupt(path, "neither a zip nor a tar archive")
-
-
-def _is_image_name(parts: tuple[str, ...]) -> bool:
-    return PurePosixPath(parts[-1]).suffix.lower() in IMAGE_SUFFIXES and not parts[-1].startswith(".")
-
-
-def _match(source: _Source, src: str) -> list[tuple[str, ...]]:
-    """Image members whose folder ends with `src` (case-insensitive); all from one folder, else an error.
-
-    `src` may list alternatives as "B100/HR|BSD100/HR": the first that matches wins.
-    """
-    if "|" in src:
-        for alternative in src.split("|"):
-            if found := _match(source, alternative):
-                return found
-        return []
-    want = tuple(p.lower() for p in src.split("/") if p)
-    folders: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
-    for parts in source.files():
-        if not _is_image_name(parts):
-            continue
-        folder = parts[:-1]
-        if not want or (len(folder) >= len(want) and tuple(p.lower() for p in folder[-len(want):]) == want):
-            folders.setdefault(folder, []).append(parts)  # src "": any folder (it must be the only one with images)
-    if len(folders) > 1:
-        names = ", ".join("/".join(f) for f in sorted(folders))
-        raise DatasetError(f"{source.label} holds several folders {'matching ' + repr(src) if src else 'of images'}: {names}",
-                           hint="pass the folder of the one set you mean with --from")
-    return sorted(next(iter(folders.values()))) if folders else []
-
-
-_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 
 # ---------------------------------------------------------------------------------------------------------- prepare
 
@@ -506,8 +274,8 @@ def prepare_datasets(
         else:
             todo.append(spec)
 
-    sources: dict[str, _Source] = {}
-    opened: dict[Path, _Source] = {}  # one reader per file or folder, shared by the sets that need it
+    sources: dict[str, Source] = {}
+    opened: dict[Path, Source] = {}  # one reader per file or folder, shared by the sets that need it
     downloaded: list[Path] = []
     try:
         for spec in todo:
@@ -515,7 +283,7 @@ def prepare_datasets(
                 if key not in sources:
                     path = _locate(key, root, source_path, base_url, archives, timeout, progress, downloaded)
                     if path.resolve() not in opened:
-                        opened[path.resolve()] = _open_source(path)
+                        opened[path.resolve()] = open_source(path)
                     sources[key] = opened[path.resolve()]
             results.append(_unpack(spec, root, sources, force))
     finally:
@@ -559,7 +327,7 @@ def _locate(key: str, root: Path, source_path: Path | None, base_url: str | None
     return dest
 
 
-def _unpack(spec: DatasetSpec, root: Path, sources: Mapping[str, _Source], force: bool) -> PreparedDataset:
+def _unpack(spec: DatasetSpec, root: Path, sources: Mapping[str, Source], force: bool) -> PreparedDataset:
     target = root / spec.name
     tmp = root / f".{spec.name}.partial-{secrets.token_hex(4)}"
     try:
@@ -567,11 +335,11 @@ def _unpack(spec: DatasetSpec, root: Path, sources: Mapping[str, _Source], force
         lr_missing = False
         for part in spec.parts:
             src = sources[part.archive]
-            members = _match(src, part.src)
+            members = match_images(src, part.src)
             if not members and part.count is None and not part.lr:
-                members = _match(src, "")  # a --from folder of images without an HR/ subfolder
+                members = match_images(src, "")  # a --from folder of images without an HR/ subfolder
             if not members:
-                if part.lr and (isinstance(src, _DirSource) or part.count is None):
+                if part.lr and (src.is_folder or part.count is None):
                     lr_missing = True  # a local source without LR files: eval makes LR by MATLAB bicubic
                     continue
                 raise DatasetError(f"{src.label} has no images in a folder {part.src!r} (for {spec.name})",
@@ -604,20 +372,20 @@ def _unpack(spec: DatasetSpec, root: Path, sources: Mapping[str, _Source], force
     return PreparedDataset(spec.name, target, hr, lr, status)
 
 
-def _copy_member(src: _Source, member: tuple[str, ...], dest: Path) -> None:
+def _copy_member(src: Source, member: tuple[str, ...], dest: Path) -> None:
     if dest.exists():
         raise DatasetError(f"{src.label} holds two images named {member[-1]} for the same folder",
                            hint="clean up the source folder")
     try:
         with src.open(member) as fin, open(dest, "wb") as fout:
             head = fin.read(1 << 16)
-            if not head.startswith(_MAGIC):
+            if not head.startswith(IMAGE_MAGIC):
                 raise DatasetError(f"{src.label}: {'/'.join(member)} is not an image (unknown header)",
                                    hint="the archive is corrupt; download it again")
             fout.write(head)
             shutil.copyfileobj(fin, fout, 1 << 20)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
-        raise _corrupt(Path(src.label), exc) from exc
+        raise corrupt_archive(Path(src.label), exc) from exc
 
 
 def catalog_rows() -> Iterator[tuple[str, str, str, str]]:
