@@ -8,7 +8,7 @@ periodic validation PSNR, the best checkpoint by the PSNR of a validation split 
 says which), atomic checkpoints (safetensors with the model config + optimizer state) with exact
 resume: batches are a pure function of (seed, step, rank) and the learning rate of the step, so a resumed run
 continues exactly, also after Ctrl-C or a kill (the last complete checkpoint is always intact; see
-`_save_checkpoint`). Multi-GPU: `torchrun --nproc_per_node N -m mambaesr_edge.cli train ...` runs the same code with
+`run_folder.save_checkpoint`). Multi-GPU: `torchrun --nproc_per_node N -m mambaesr_edge.cli train ...` runs the same code with
 DDP (NCCL on CUDA, gloo on CPU); the batch size is global and split over the ranks.
 """
 
@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import json
 import logging
 import math
 import os
-import pickle
-import secrets
 import subprocess
 import time
 from dataclasses import dataclass
@@ -35,11 +32,23 @@ import torch.nn.functional as F
 
 from .checkpoint import load_model
 from .data import ValidationSplit, list_hr_files, load_train_images, load_validation_pairs, sample_patches, split_validation
-from .errors import ConfigError, MambaESRError
+from .errors import ConfigError
 from .evaluate import evaluate_dataset, evaluate_pairs, super_resolve
-from .fileio import TEMP_MARKER, atomic_write, space_problem
+from .fileio import atomic_write
 from .model import MambaSR, count_parameters
 from .presets import ModelConfig, get_preset
+from .run_folder import (
+    BEST_WEIGHTS,
+    FINAL_WEIGHTS,
+    SPLIT_NAME,
+    SPLIT_PSNR_KEY,
+    best_so_far,
+    load_checkpoint,
+    save_checkpoint,
+    weights_step,
+    write_json,
+    write_weights,
+)
 from .weights_format import STEP_KEY
 
 log = logging.getLogger(__name__)
@@ -120,112 +129,6 @@ def git_state() -> dict[str, object]:
         return {"commit": "unknown (no git checkout)", "dirty": "unknown"}
 
 
-def _write_json(path: Path, obj: object) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str))
-
-
-BEST_WEIGHTS = "model_best.safetensors"  # the EMA weights of the best validation-split PSNR so far
-FINAL_WEIGHTS = "model_ema.safetensors"  # the EMA weights at the last step
-SPLIT_NAME = "val_split"  # the validation split's name in metrics.jsonl (val_split_psnr) and eval.json
-SPLIT_PSNR_KEY = "mambaesr_edge.val_split_psnr"  # metadata of model_best.safetensors
-
-
-class CheckpointWriteError(MambaESRError):
-    """A checkpoint or the final weights could not be written (disk full, read-only folder, ...)."""
-
-
-def _write_error(exc: OSError, what: str, run_dir: Path) -> CheckpointWriteError:
-    no_room = space_problem(exc)
-    problem = no_room[0] if no_room else f"an OS error ({exc.strerror or exc})"
-    kept = "the previous checkpoint there is intact" if (run_dir / "checkpoints" / "last_state.pt").is_file() else "nothing partial was left"
-    return CheckpointWriteError(
-        f"{problem} while writing {what} in {run_dir}; {kept}",
-        hint=(f"{no_room[1]} (or use --out on a larger disk), then continue with: mambaesr-edge train --resume "
-              f"{run_dir}") if no_room else f"check that {run_dir} is writable, then continue with --resume {run_dir}",
-    )
-
-
-def _weights_bytes(model: MambaSR, meta: dict[str, str]) -> bytes:
-    """The file `save_weights` writes, made in memory (so a failed write is a plain OSError with its errno)."""
-    from safetensors.torch import save
-
-    from .weights_format import CONFIG_KEY, FORMAT, FORMAT_KEY
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    return save(tensors, metadata={CONFIG_KEY: model.config.to_json(), FORMAT_KEY: FORMAT, **meta})
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write and fsync one file (Python's own I/O: ENOSPC arrives as OSError, unlike torch/safetensors writers)."""
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _save_checkpoint(run_dir: Path, model: MambaSR, ema: MambaSR, optimizer, step: int, cfg: TrainConfig) -> None:
-    """Write the set (weights, EMA weights, full state) to temporary files, then rename all three.
-
-    Nothing is renamed until every file is complete on disk, so a full disk leaves the previous set untouched.
-    `last_state.pt` alone is the checkpoint a resume reads (step, weights, EMA weights, optimizer), renamed last in
-    one step; the two .safetensors beside it are its weights for use elsewhere (eval, export). A kill between the
-    renames can leave those one checkpoint ahead of the state, never the state half-written.
-    """
-    ckpt = run_dir / "checkpoints"
-    meta = {STEP_KEY: str(step)}
-    names = ("last.safetensors", "last_ema.safetensors", "last_state.pt")  # renamed in this order: the state last
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
-    tmps = [ckpt / f".{Path(n).stem}{TEMP_MARKER}{token}{Path(n).suffix}" for n in names]
-    state = io.BytesIO()
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "train_config": dataclasses.asdict(cfg),
-                "model": _cpu_state(model), "ema": _cpu_state(ema)}, state)
-    try:
-        ckpt.mkdir(parents=True, exist_ok=True)
-        for tmp, data in zip(tmps, (_weights_bytes(model, meta), _weights_bytes(ema, meta), state.getvalue()), strict=True):
-            _write_bytes(tmp, data)
-        for tmp, name in zip(tmps, names, strict=True):
-            os.replace(tmp, ckpt / name)
-    except OSError as exc:
-        raise _write_error(exc, f"the step-{step} checkpoint", run_dir) from exc
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
-
-
-def _cpu_state(model: MambaSR) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-
-
-def _load_checkpoint(run_dir: Path, model: MambaSR, ema: MambaSR, optimizer) -> int:
-    ckpt = run_dir / "checkpoints"
-    state = torch.load(ckpt / "last_state.pt", map_location="cpu", weights_only=True)
-    if "model" in state:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-    else:  # run folders from before the state held the weights
-        for target, name in ((model, "last.safetensors"), (ema, "last_ema.safetensors")):
-            loaded, _ = load_model(ckpt / name, scan_impl="reference")
-            target.load_state_dict(loaded.state_dict())
-    optimizer.load_state_dict(state["optimizer"])
-    step = int(state["step"])
-    for leftover in [*run_dir.glob(f".*{TEMP_MARKER}*"), *ckpt.glob(f".*{TEMP_MARKER}*")]:
-        log.info("removing %s, left by a run that was killed while writing it", leftover)  # a run folder has one writer
-        leftover.unlink(missing_ok=True)
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():  # drop rows after the checkpoint (logged again by the resumed run) and a row cut by a kill
-        rows = []
-        for line in metrics.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    rows.append(line)
-            except (ValueError, KeyError, TypeError):
-                log.warning("dropping an incomplete line of %s: %r", metrics, line[:80])
-        with atomic_write(metrics) as tmp:
-            tmp.write_text("".join(row + "\n" for row in rows))
-    return step
-
-
 def _build_model(cfg: TrainConfig, resume: Path | None) -> MambaSR:
     """The network to train: the run folder's (resume), the --init file's (with its weights), else the preset's."""
     if resume is not None:
@@ -243,28 +146,10 @@ def _build_model(cfg: TrainConfig, resume: Path | None) -> MambaSR:
     return MambaSR(get_preset(cfg.preset, scale=cfg.scale, **overrides), scan_impl=cfg.scan_impl)
 
 
-def checkpoint_step(run_dir: Path) -> int | None:
-    """The step of the run folder's last complete checkpoint, or None when it has none (or it cannot be read)."""
-    try:
-        return int(torch.load(Path(run_dir) / "checkpoints" / "last_state.pt", map_location="cpu", weights_only=True)["step"])
-    except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError):
-        return None
-
-
 def default_run_name(cfg: TrainConfig) -> str:
     """`cfg.run_name`, else TIMESTAMP_PRESET (+ _kd when distilling): the name `train` gives a new run folder."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return cfg.run_name or f"{stamp}_{cfg.preset}{'_kd' if cfg.teacher else ''}"
-
-
-def interrupted_note(run_dir: Path) -> str:
-    """What a training stopped by Ctrl-C kept in `run_dir`, and how to go on (the CLI's "interrupted: ..." line)."""
-    step = checkpoint_step(run_dir)
-    if step is not None:
-        return f"{run_dir} keeps its checkpoint of step {step}; continue with: mambaesr-edge train --resume {run_dir}"
-    if run_dir.is_dir():
-        return f"no checkpoint was written yet (the first comes at --ckpt-every); delete {run_dir} and start again"
-    return "no run folder was written"
 
 
 def load_train_config(run_dir: Path, **overrides: object) -> TrainConfig:
@@ -313,7 +198,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
 
     if resume is not None:
         run_dir = Path(resume)
-        start_step = _load_checkpoint(run_dir, model, ema, optimizer)
+        start_step = load_checkpoint(run_dir, model, ema, optimizer)
     else:
         name = [default_run_name(cfg)]
         if world > 1:
@@ -326,7 +211,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
             dist.barrier()  # every rank has checked the folder before rank 0 writes into it
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "config.json", {
+        write_json(run_dir / "config.json", {
             "train": dataclasses.asdict(cfg), "model": json.loads(model.config.to_json()), "params": count_parameters(model),
             "git": git_state(), "world_size": world, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
             "torch": torch.__version__, "amp": amp, "resumed_from_step": start_step,
@@ -339,7 +224,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     power = _power_logger(device) if rank == 0 else None
     log_file = (run_dir / "metrics.jsonl").open("a") if rank == 0 else None
     start_time, window_start, samples_seen = time.perf_counter(), time.perf_counter(), 0
-    best_psnr = _best_so_far(run_dir) if rank == 0 and val_pairs else None
+    best_psnr = best_so_far(run_dir) if rank == 0 and val_pairs else None
     step = start_step
     while step < cfg.iterations:
         if cfg.max_minutes is not None and time.perf_counter() - start_time > 60 * cfg.max_minutes:
@@ -388,30 +273,22 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
                 row.update(val_split_psnr=result.psnr, val_split_ssim=result.ssim)
                 if best_psnr is None or result.psnr > best_psnr:
                     best_psnr = result.psnr
-                    _write_weights(run_dir, BEST_WEIGHTS, ema, {STEP_KEY: str(step), SPLIT_PSNR_KEY: repr(result.psnr)})
+                    write_weights(run_dir, BEST_WEIGHTS, ema, {STEP_KEY: str(step), SPLIT_PSNR_KEY: repr(result.psnr)})
                     row["best"] = True
             log_file.write(json.dumps(row) + "\n")
             log_file.flush()
             log.info("step %d %s", step, {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})
         if rank == 0 and step % cfg.ckpt_every == 0:
-            _save_checkpoint(run_dir, model, ema, optimizer, step, cfg)
+            save_checkpoint(run_dir, model, ema, optimizer, step, dataclasses.asdict(cfg))
     if rank == 0:
         log_file.close()
-        _save_checkpoint(run_dir, model, ema, optimizer, step, cfg)
-        _write_weights(run_dir, FINAL_WEIGHTS, ema, {STEP_KEY: str(step)})
+        save_checkpoint(run_dir, model, ema, optimizer, step, dataclasses.asdict(cfg))
+        write_weights(run_dir, FINAL_WEIGHTS, ema, {STEP_KEY: str(step)})
         _finish_run(run_dir, ema, cfg, val_pairs)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return run_dir
-
-
-def _write_weights(run_dir: Path, name: str, model: MambaSR, meta: dict[str, str]) -> None:
-    try:
-        with atomic_write(run_dir / name) as tmp:
-            _write_bytes(tmp, _weights_bytes(model, meta))
-    except OSError as exc:
-        raise _write_error(exc, f"the weights {name}", run_dir) from exc
 
 
 def _split_record(split: ValidationSplit, left_out: list[str]) -> dict[str, object]:
@@ -425,18 +302,6 @@ def _score_split(model: MambaSR, pairs, scale: int):
     result = evaluate_pairs(lambda lr: super_resolve(model.eval(), lr), pairs, name=SPLIT_NAME, scale=scale)
     model.train(was_training)
     return result
-
-
-def _best_so_far(run_dir: Path) -> float | None:
-    """The validation-split PSNR stored with the run's model_best.safetensors (a resumed run), None when there is none."""
-    path = run_dir / BEST_WEIGHTS
-    if not path.is_file():
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        value = (handle.metadata() or {}).get(SPLIT_PSNR_KEY)
-    return float(value) if value is not None else None
 
 
 def _power_logger(device: torch.device):
@@ -479,7 +344,7 @@ def _finish_run(run_dir: Path, ema: MambaSR, cfg: TrainConfig, val_pairs) -> Non
         if cfg.val_dir:
             results.append(evaluate_dataset(model, cfg.val_dir, scale=cfg.scale))
         step = weights_step(run_dir / result_name)
-        _write_json(run_dir / "eval.json", {
+        write_json(run_dir / "eval.json", {
             "result": result_name, "result_step": step, "selected_by": f"{SPLIT_NAME} PSNR" if result_name == BEST_WEIGHTS else "last step",
             "datasets": {r.name: r.to_dict() for r in results}, "params": count_parameters(model),
         })
@@ -506,12 +371,3 @@ def _finish_run(run_dir: Path, ema: MambaSR, cfg: TrainConfig, val_pairs) -> Non
         with atomic_write(run_dir / name) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
-
-
-def weights_step(path: Path) -> int | None:
-    """The training step a weights file was saved at (its STEP_KEY metadata), None when it has none."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        step = (handle.metadata() or {}).get(STEP_KEY)
-    return int(step) if step is not None else None

@@ -16,7 +16,8 @@ from cli_processes import check_complete, one_line_error, run_cli, snapshot, tem
 from mambaesr_edge.checkpoint import save_weights
 from mambaesr_edge.model import MambaSR
 from mambaesr_edge.presets import get_preset
-from mambaesr_edge.train import TrainConfig, checkpoint_step, train
+from mambaesr_edge.run_folder import checkpoint_step
+from mambaesr_edge.train import TrainConfig, train
 
 LIMIT = "the file-size limit was reached"
 FIX = "raise the file-size limit (ulimit -f)"

@@ -20,7 +20,7 @@ from cli_processes import Cli, check_complete, one_line_error, run_cli, snapshot
 from mambaesr_edge.checkpoint import load_model, save_weights
 from mambaesr_edge.model import MambaSR
 from mambaesr_edge.presets import get_preset
-from mambaesr_edge.train import checkpoint_step
+from mambaesr_edge.run_folder import checkpoint_step
 
 
 @pytest.fixture(scope="module")

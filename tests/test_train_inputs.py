@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-import mambaesr_edge.train as train_module
+import mambaesr_edge.run_folder as run_folder
 from mambaesr_edge.checkpoint import load_model, save_weights
 from mambaesr_edge.cli import main
 from mambaesr_edge.data import load_train_images
@@ -127,7 +127,7 @@ def _disk_full(path: Path, data: bytes) -> None:
     raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
-real_write_bytes = train_module._write_bytes
+real_write_bytes = run_folder.write_bytes
 
 
 @pytest.mark.parametrize("failing", ["last.safetensors", "last_ema.safetensors", "last_state.pt"])
@@ -143,7 +143,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(hr_folder, 
             _disk_full(path, data)
         real_write_bytes(path, data)
 
-    monkeypatch.setattr(train_module, "_write_bytes", write_bytes)
+    monkeypatch.setattr(run_folder, "write_bytes", write_bytes)
     with pytest.raises(MambaESRError, match="no space left on the disk while writing the step-6 checkpoint") as info:
         train(_cfg(hr_folder, tmp_path))
     assert "intact" in info.value.message and "--resume" in info.value.hint
@@ -154,7 +154,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(hr_folder, 
     assert torch.load(ckpt / "last_state.pt", weights_only=True)["step"] == 3
     load_model(ckpt / "last.safetensors")
     if failing == "last_state.pt":  # once there is space again, the run continues from it
-        monkeypatch.setattr(train_module, "_write_bytes", real_write_bytes)
+        monkeypatch.setattr(run_folder, "write_bytes", real_write_bytes)
         run = train(load_train_config(ckpt.parent), resume=ckpt.parent)
         assert torch.load(run / "checkpoints" / "last_state.pt", weights_only=True)["step"] == 6
 
@@ -165,7 +165,7 @@ def test_disk_full_on_the_final_weights_and_from_the_cli(hr_folder, tmp_path, mo
             _disk_full(path, data)
         real_write_bytes(path, data)
 
-    monkeypatch.setattr(train_module, "_write_bytes", write_bytes)
+    monkeypatch.setattr(run_folder, "write_bytes", write_bytes)
     code = main(["train", "--preset", "test", "--train-dir", str(hr_folder), "-n", "2", "--patch", "8", "--batch-size", "2",
                  "--scan", "chunked", "--ckpt-every", "100", "--out", str(tmp_path / "runs"), "--name", "r"])
     err = capsys.readouterr().err

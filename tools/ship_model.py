@@ -25,7 +25,7 @@ from mambaesr_edge.checkpoint import load_model, save_weights  # noqa: E402
 from mambaesr_edge.model import count_parameters  # noqa: E402
 from mambaesr_edge.models import PARAM_BUDGET, get_model  # noqa: E402
 from mambaesr_edge.resources import asset_path  # noqa: E402
-from mambaesr_edge.train import weights_step  # noqa: E402
+from mambaesr_edge.run_folder import weights_step  # noqa: E402
 from mambaesr_edge.weights_format import PROVENANCE_KEY  # noqa: E402
 
 

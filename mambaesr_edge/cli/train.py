@@ -49,13 +49,8 @@ def train_command(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder exactly."),
 ) -> None:
     """Train a network (plain, or distilled from --teacher); same code under torchrun for several GPUs."""
-    from ..train import (
-        TrainConfig,
-        default_run_name,
-        interrupted_note,
-        load_train_config,
-        train,
-    )
+    from ..run_folder import interrupted_note
+    from ..train import TrainConfig, default_run_name, load_train_config, train
 
     set_torch_threads(global_options(ctx).threads)  # mambaesr-edge --threads N train ...
     if resume is not None:
