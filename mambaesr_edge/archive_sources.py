@@ -67,10 +67,14 @@ class Source:
         pass
 
 
-class _ZipSource(Source):
+class _Archive(Source):
+    """An archive file, opened and checked whole when constructed (and closed again when the check fails).
+    ``handle``: the open ZipFile / TarFile; ``members``: path components -> the archive's own entry."""
+
     def __init__(self, path: Path) -> None:
         self.label = str(path)
-        self.zf: zipfile.ZipFile | None = None
+        self.handle = None
+        self.members: dict = {}
         try:
             self._check(path)
         except BaseException:
@@ -78,21 +82,32 @@ class _ZipSource(Source):
             raise
 
     def _check(self, path: Path) -> None:
+        raise NotImplementedError
+
+    def files(self) -> list[tuple[str, ...]]:
+        return list(self.members)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+class _ZipSource(_Archive):
+    def _check(self, path: Path) -> None:
         try:
-            self.zf = zipfile.ZipFile(path)
-            bad = self.zf.testzip()
+            self.handle = zipfile.ZipFile(path)
+            bad = self.handle.testzip()
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as exc:
             raise corrupt_archive(path, exc) from exc
         if bad is not None:
             raise corrupt_archive(path, f"CRC error in member {bad}")
-        self.members: dict[tuple[str, ...], str] = {}
         links: dict[tuple[str, ...], tuple[str, ...]] = {}
-        for info in self.zf.infolist():
+        for info in self.handle.infolist():
             parts = _safe_parts(info.filename, path)
             if info.is_dir() or not parts:
                 continue
             if stat.S_ISLNK(info.external_attr >> 16):  # a symlink stored by Info-ZIP: its data is the target
-                target = _inside(parts[:-1], self.zf.read(info).decode("utf-8", "replace"))
+                target = _inside(parts[:-1], self.handle.read(info).decode("utf-8", "replace"))
                 if target is None:
                     raise _link_outside(path, info.filename)
                 links[parts] = target
@@ -102,37 +117,19 @@ class _ZipSource(Source):
             if target in self.members:
                 self.members[parts] = self.members[target]
 
-    def files(self) -> list[tuple[str, ...]]:
-        return list(self.members)
-
     def open(self, member: tuple[str, ...]) -> BinaryIO:
-        assert self.zf is not None
-        return self.zf.open(self.members[member])  # type: ignore[return-value]
-
-    def close(self) -> None:
-        if self.zf is not None:
-            self.zf.close()
+        return self.handle.open(self.members[member])
 
 
-class _TarSource(Source):
-    def __init__(self, path: Path) -> None:
-        self.label = str(path)
-        self.tf: tarfile.TarFile | None = None
-        try:
-            self._check(path)
-        except BaseException:
-            self.close()
-            raise
-
+class _TarSource(_Archive):
     def _check(self, path: Path) -> None:
         try:
-            self.tf = tarfile.open(path, "r:*")  # noqa: SIM115  (closed by close())
-            members = self.tf.getmembers()
+            self.handle = tarfile.open(path, "r:*")  # noqa: SIM115  (closed by close())
+            members = self.handle.getmembers()
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
             raise corrupt_archive(path, exc) from exc
         if not members:
             raise corrupt_archive(path, "no members")
-        self.members: dict[tuple[str, ...], tarfile.TarInfo] = {}
         for member in members:
             parts = _safe_parts(member.name, path)
             if member.issym() or member.islnk():
@@ -144,12 +141,12 @@ class _TarSource(Source):
         try:  # read every file once: catches truncation and gzip/bzip2/xz CRC errors
             for member in self.members.values():
                 if member.isfile():
-                    stream = self.tf.extractfile(member)
+                    stream = self.handle.extractfile(member)
                     while stream is not None and stream.read(1 << 20):
                         pass
             # tarfile stops quietly where a truncated archive ends: require the end-of-archive zero block
-            fileobj = self.tf.fileobj
-            fileobj.seek(self.tf.offset)
+            fileobj = self.handle.fileobj
+            fileobj.seek(self.handle.offset)
             end = fileobj.read(tarfile.BLOCKSIZE)
             if len(end) < tarfile.BLOCKSIZE or end.count(0) != tarfile.BLOCKSIZE:
                 raise corrupt_archive(path, "it ends early (no end-of-archive marker): the file is truncated")
@@ -158,21 +155,14 @@ class _TarSource(Source):
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
             raise corrupt_archive(path, exc) from exc
 
-    def files(self) -> list[tuple[str, ...]]:
-        return list(self.members)
-
     def open(self, member: tuple[str, ...]) -> BinaryIO:
         try:
-            stream = self.tf.extractfile(self.members[member])  # follows links inside the archive
+            stream = self.handle.extractfile(self.members[member])  # follows links inside the archive
         except (KeyError, tarfile.TarError) as exc:
             raise corrupt_archive(Path(self.label), f"cannot read {'/'.join(member)}: {exc}") from exc
         if stream is None:
             raise corrupt_archive(Path(self.label), f"{'/'.join(member)} is not a file")
         return stream  # type: ignore[return-value]
-
-    def close(self) -> None:
-        if self.tf is not None:
-            self.tf.close()
 
 
 class _DirSource(Source):

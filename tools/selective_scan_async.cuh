@@ -12,6 +12,9 @@
 //   would need pairs of elements along each tensor's contiguous dimension (the tile layout would then differ by
 //   layout). On sm_75 the copy is a plain load and store (same results, no overlap).
 // Shared memory per block (floats): 2 stages x (u, delta, [z], B, C) tiles, the y tile, A log2(e), carry, bias.
+// The block-constant prologue (A log2(e), carry, bias) and the y store repeat selective_scan_fwd_kernel's on purpose:
+// moving them into shared device functions changes the shipped kernel's PTX (checked with nvcc -ptx for sm_90: 56
+// to 1,500 more lines), and the shipped kernel is only changed where a GPU run can time it.
 #pragma once
 
 #include "../mambaesr_edge/csrc/selective_scan.cuh"
