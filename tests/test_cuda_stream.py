@@ -167,9 +167,15 @@ def test_measured_bytes_per_pixel_and_the_gpu_default(model):
     cuda = TorchBackend(model, device="cuda")
     per_px = measure_bytes_per_pixel(cuda.run_tensor, "cuda")
     assert 3 * 4 * (1 + 16) <= per_px < 1e6  # at least the input and x4 output, fp32
-    up = Upscaler(cuda)
-    assert up.settings.tile == (GPU_TILE, GPU_TILE) and up.settings.batch >= 1
-    assert any("GPU default" in d.reason for d in up.startup_decisions)
+    up = Upscaler(cuda)  # the native scan splits long sequences: whole frames up to a measured side, one per call
+    assert cuda.info.long_sequences
+    side = up.settings.tile[0]
+    assert up.settings.tile == (side, side) and side % GPU_TILE == 0 and up.settings.batch == 1
+    assert any("GPU default where the scan splits long sequences" in d.reason for d in up.startup_decisions)
+    tiled = Upscaler(TorchBackend(model, device="cuda", scan_impl="triton"))  # Triton: GPU_TILE tiles in batches
+    assert not tiled.backend.info.long_sequences
+    assert tiled.settings.tile == (GPU_TILE, GPU_TILE) and tiled.settings.batch >= 1
+    assert any(d.reason.startswith("GPU default:") for d in tiled.startup_decisions)
 
 
 @pytest.mark.gpu
