@@ -11,6 +11,8 @@ count do not depend on the orders).
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,7 +52,7 @@ class Mixer(nn.Module):
         xz = self.in_proj(x).transpose(1, 2)  # (B, 2*Di, L)
         u, z = xz.chunk(2, dim=1)  # (B, Di, L) each
         single_raster = self.orders == ("raster",)
-        if single_raster and _triton_inference(x, scan_impl):  # one Triton kernel, token layout: no layout copies
+        if single_raster and _fused_inference(x, scan_impl):  # one Triton kernel, token layout: no layout copies
             from .conv_triton import causal_conv1d_silu
 
             seq_tokens = causal_conv1d_silu(u.transpose(1, 2), self.conv1d.weight, self.conv1d.bias)  # (B, L, Di)
@@ -87,18 +89,19 @@ class Mixer(nn.Module):
         return self.out_proj(y.transpose(1, 2))  # (B, L, C)
 
 
-def _triton_inference(x: torch.Tensor, scan_impl: str) -> bool:
-    """The fused Triton kernels (conv_triton.py, norm_triton.py) run where the Triton scan does, for inference only: a
-    CUDA tensor, the scan resolving to "triton", no autograd, nothing tracing or compiling. Elsewhere the PyTorch ops."""
+def _fused_inference(x: torch.Tensor, scan_impl: str) -> bool:
+    """The fused Triton kernels (conv_triton.py, norm_triton.py) run where a fused scan does, for inference only: a
+    CUDA tensor, the scan resolving to "triton" or "cuda" (the native kernel reads the same token layout), Triton
+    importable, no autograd, nothing tracing or compiling. Elsewhere the PyTorch ops."""
     if x.device.type != "cuda" or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
-    return resolve_impl(scan_impl, x.device) == "triton"
+    return resolve_impl(scan_impl, x.device) in ("triton", "cuda") and importlib.util.find_spec("triton") is not None
 
 
 def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor, scan_impl: str) -> torch.Tensor:
     """``norm(x)`` on tokens (B, L, C): through the Triton kernel (norm_triton.py) with the module's own parameters
-    where _triton_inference holds, else the module. Under autocast LayerNorm gives fp32, and so does the kernel."""
-    if not _triton_inference(x, scan_impl):
+    where _fused_inference holds, else the module. Under autocast LayerNorm gives fp32, and so does the kernel."""
+    if not _fused_inference(x, scan_impl):
         return norm(x)
     from .norm_triton import layer_norm_tokens
 

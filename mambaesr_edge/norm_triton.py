@@ -9,7 +9,7 @@ x all channels: x is read once where it is (any strides), y written once, contig
 
 the same parameters as ``nn.LayerNorm(C)`` (``weight``, ``bias`` (C,)), statistics and maths in fp32 for any input
 dtype, rounded once to the output dtype (x's, or fp32 as autocast gives LayerNorm). Inference only (no backward):
-the model uses it on CUDA where it uses the fused conv (model._triton_inference); tests compare it with
+the model uses it on CUDA where it uses the fused conv (model._fused_inference); tests compare it with
 ``F.layer_norm`` (tests/test_norm_triton.py: on the GPU, and in Triton's CPU interpreter).
 """
 

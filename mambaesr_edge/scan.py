@@ -47,6 +47,7 @@ Valid inputs: delta >= 0 after bias/softplus and A <= 0 (as in every Mamba model
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,8 +56,10 @@ from contextvars import ContextVar
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, DependencyMissingError
+from .errors import ConfigError, DependencyMissingError, MambaESRError
 from .presets import SCAN_IMPLS
+
+log = logging.getLogger(__name__)
 
 CHUNK = 16  # tokens per chunk of the exportable scan; see benchmarks/scan_cpu.py for the measured trade-off
 CPU_BLOCK = 2048  # tokens per block of the in-place CPU inference path; see benchmarks/cpu_upscale.py
@@ -120,6 +123,26 @@ def resolve_impl(impl: str, device: torch.device) -> str:
         if device.type != "cuda":
             raise ConfigError("scan impl 'mamba_ssm' runs on CUDA tensors only", hint="use --scan chunked on CPU")
     return impl
+
+
+def inference_impl(impl: str, device: torch.device) -> str:
+    """The scan an inference-only caller runs for `impl` (the runtime's torch backend; training keeps resolve_impl,
+    the native kernel has no backward). "auto" on a CUDA device is the native kernel ("cuda") when it builds and loads
+    here (nvcc present: built once per GPU architecture and cached, scan_cuda.load_library), because it is faster than
+    the Triton scan on the app's tile batches (benchmarks/speed_h100.json, stream rows); where it cannot be built the
+    reason is logged and resolve_impl's choice (Triton) runs."""
+    if impl != "auto" or device.type != "cuda":
+        return resolve_impl(impl, device)
+    from .scan_cuda import load_library
+
+    try:
+        major, minor = torch.cuda.get_device_capability(device)
+        load_library(f"sm_{major}{minor}")
+    except MambaESRError as exc:
+        fallback = resolve_impl(impl, device)
+        log.warning("the native CUDA scan is not available here (%s); the %s scan runs instead", exc, fallback)
+        return fallback
+    return "cuda"
 
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:

@@ -59,21 +59,23 @@ def test_fused_conv_on_cuda(dtype, tol):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("amp", [None, torch.float16, torch.bfloat16])
-def test_model_with_the_fused_conv_matches_the_pytorch_ops(monkeypatch, amp):
+@pytest.mark.parametrize("scan", ["triton", "cuda"])
+def test_model_with_the_fused_conv_matches_the_pytorch_ops(monkeypatch, amp, scan):
+    """Both fused scans (the native kernel reads the fused conv's token layout as the Triton scan does)."""
     from mambaesr_edge import model as model_module
     from mambaesr_edge.model import MambaSR
     from mambaesr_edge.presets import get_preset
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     net = MambaSR(get_preset("dvmsr-g1")).cuda().eval()
     x = torch.rand(3, 3, 40, 52, device="cuda")
     monkeypatch.setattr(model_module, "_layer_norm", lambda norm, tokens, _: norm(tokens))  # the conv alone differs
     with torch.inference_mode(), torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None):
-        assert model_module._triton_inference(x, "auto")
-        fused = net(x, scan_impl="triton").float()
-        monkeypatch.setattr(model_module, "_triton_inference", lambda *_: False)
-        plain = net(x, scan_impl="triton").float()
+        assert model_module._fused_inference(x, scan)
+        fused = net(x, scan_impl=scan).float()
+        monkeypatch.setattr(model_module, "_fused_inference", lambda *_: False)
+        plain = net(x, scan_impl=scan).float()
     tol = 1e-4 if amp is None else 2e-2
     assert (fused - plain).abs().max().item() <= tol, (amp, (fused - plain).abs().max().item())

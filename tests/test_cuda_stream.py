@@ -14,7 +14,15 @@ import torch
 from mambaesr_edge.model import MambaSR
 from mambaesr_edge.presets import get_preset
 from mambaesr_edge.runtime import Upscaler
-from mambaesr_edge.runtime.adapt import GPU_MAX_BATCH, GPU_SAFETY, GPU_TILE, choose_settings, gpu_batch
+from mambaesr_edge.runtime.adapt import (
+    GPU_MAX_BATCH,
+    GPU_SAFETY,
+    GPU_TILE,
+    GPU_WHOLE_MAX,
+    choose_settings,
+    gpu_batch,
+    gpu_whole_side,
+)
 from mambaesr_edge.runtime.backends.torch import TorchBackend
 from mambaesr_edge.runtime.errors import RuntimeConfigError
 from mambaesr_edge.runtime.frames import _colour, colour_tensor, preprocess, unit_tensor
@@ -61,6 +69,39 @@ def test_gpu_default_yields_to_what_was_asked_and_to_tiny_memory():
     tiny = choose_settings(free_bytes=2**20, bytes_per_pixel=KB_PER_PX)  # not one GPU tile fits: the estimate decides
     assert tiny == choose_settings(free_bytes=2**20)
     assert choose_settings(free_bytes=GB) == choose_settings(free_bytes=GB, bytes_per_pixel=None)
+
+
+def test_gpu_whole_side_is_the_largest_gpu_tile_multiple_that_fits():
+    def cost(side: int) -> float:
+        return GPU_SAFETY * KB_PER_PX * side * side
+
+    assert gpu_whole_side(KB_PER_PX, None) == GPU_WHOLE_MAX
+    assert gpu_whole_side(KB_PER_PX, int(cost(GPU_WHOLE_MAX))) == GPU_WHOLE_MAX
+    assert gpu_whole_side(KB_PER_PX, int(cost(1000))) == 7 * GPU_TILE  # 896 fits, 1024 does not
+    assert gpu_whole_side(KB_PER_PX, int(cost(GPU_TILE))) == GPU_TILE
+    assert gpu_whole_side(KB_PER_PX, int(cost(GPU_TILE)) - 1) == 0
+
+
+def test_whole_frames_where_the_backend_splits_long_sequences():
+    decisions = []
+    side = 7 * GPU_TILE
+    free = int(2 * GPU_SAFETY * KB_PER_PX * side * side) + 1  # half of it is the budget
+    settings = choose_settings(free_bytes=free, bytes_per_pixel=KB_PER_PX, whole_frames=True, decisions=decisions)
+    assert settings.tile == (side, side) and settings.batch == 1 and settings.overlap == 16
+    assert any(f"whole frames up to {side}x{side}" in d.action and "splits long sequences" in d.reason for d in decisions)
+    # asked values win; no room for one GPU tile: the tile rule (and the estimate) decide as without whole_frames
+    assert choose_settings(tile=64, free_bytes=free, bytes_per_pixel=KB_PER_PX, whole_frames=True).tile == (64, 64)
+    assert choose_settings(free_bytes=free, batch=4, bytes_per_pixel=KB_PER_PX, whole_frames=True).batch == 4
+    tiny = choose_settings(free_bytes=2**20, bytes_per_pixel=KB_PER_PX, whole_frames=True)
+    assert tiny == choose_settings(free_bytes=2**20, bytes_per_pixel=KB_PER_PX)
+
+
+def test_whole_frames_only_for_the_native_scan(model):
+    """The torch backend says long_sequences only where its scan is the native kernel on CUDA."""
+    assert TorchBackend(model).info.long_sequences is False  # CPU: chunked/numpy scans
+    if torch.cuda.is_available():
+        assert TorchBackend(model, device="cuda", scan_impl="triton").info.long_sequences is False
+        assert TorchBackend(model, device="cuda", scan_impl="cuda").info.long_sequences is True
 
 
 def test_cpu_upscaler_keeps_the_cpu_rule(model):
@@ -126,9 +167,15 @@ def test_measured_bytes_per_pixel_and_the_gpu_default(model):
     cuda = TorchBackend(model, device="cuda")
     per_px = measure_bytes_per_pixel(cuda.run_tensor, "cuda")
     assert 3 * 4 * (1 + 16) <= per_px < 1e6  # at least the input and x4 output, fp32
-    up = Upscaler(cuda)
-    assert up.settings.tile == (GPU_TILE, GPU_TILE) and up.settings.batch >= 1
-    assert any("GPU default" in d.reason for d in up.startup_decisions)
+    up = Upscaler(cuda)  # the native scan splits long sequences: whole frames up to a measured side, one per call
+    assert cuda.info.long_sequences
+    side = up.settings.tile[0]
+    assert up.settings.tile == (side, side) and side % GPU_TILE == 0 and up.settings.batch == 1
+    assert any("GPU default where the scan splits long sequences" in d.reason for d in up.startup_decisions)
+    tiled = Upscaler(TorchBackend(model, device="cuda", scan_impl="triton"))  # Triton: GPU_TILE tiles in batches
+    assert not tiled.backend.info.long_sequences
+    assert tiled.settings.tile == (GPU_TILE, GPU_TILE) and tiled.settings.batch >= 1
+    assert any(d.reason.startswith("GPU default:") for d in tiled.startup_decisions)
 
 
 @pytest.mark.gpu
@@ -199,14 +246,15 @@ def test_pinned_pool_reuses_a_slot_after_its_copy():
 @pytest.mark.gpu
 @pytest.mark.data
 @pytest.mark.parametrize("precision, tolerance_db", [("fp32", 0.005), ("fp16", 0.02), ("bf16", 0.02)])
-def test_set5_through_the_cuda_stream_matches_the_cpu(benchmark_dir, precision, tolerance_db):
+@pytest.mark.parametrize("scan", ["auto", "cuda"])
+def test_set5_through_the_cuda_stream_matches_the_cpu(benchmark_dir, precision, tolerance_db, scan):
     from mambaesr_edge.datasets import load_pairs
     from mambaesr_edge.evaluate import evaluate_pairs
 
     pairs = list(load_pairs(benchmark_dir / "Set5", 4))
     cpu = Upscaler.from_path(None, backend="torch", device="cpu")
-    cuda = Upscaler.from_path(None, backend="torch", device="cuda", precision=precision)
+    cuda = Upscaler.from_path(None, backend="torch", device="cuda", precision=precision, scan_impl=scan)
     by_id = {id(p.lr): out for p, out in zip(pairs, cuda.stream([p.lr for p in pairs]), strict=True)}
     on_gpu = evaluate_pairs(lambda lr: by_id[id(lr)], pairs, name="Set5", scale=4)
     on_cpu = evaluate_pairs(cpu, pairs, name="Set5", scale=4)
-    assert abs(on_gpu.psnr - on_cpu.psnr) <= tolerance_db, (precision, on_gpu.psnr, on_cpu.psnr)
+    assert abs(on_gpu.psnr - on_cpu.psnr) <= tolerance_db, (precision, scan, on_gpu.psnr, on_cpu.psnr)

@@ -83,7 +83,7 @@ def test_fused_layer_norm_on_cuda():
 @pytest.mark.gpu
 @pytest.mark.parametrize("amp", [None, torch.float16, torch.bfloat16])
 def test_layer_norm_helper_gives_what_the_module_gives(amp):
-    """model._layer_norm: the kernel where _triton_inference holds, with the module's dtype (fp32 under autocast)."""
+    """model._layer_norm: the kernel where _fused_inference holds, with the module's dtype (fp32 under autocast)."""
     from mambaesr_edge import model as model_module
 
     norm = torch.nn.LayerNorm(60).cuda()
@@ -91,7 +91,7 @@ def test_layer_norm_helper_gives_what_the_module_gives(amp):
     torch.nn.init.normal_(norm.bias)
     x = torch.randn(2, 300, 60, device="cuda", dtype=amp or torch.float32)
     with torch.inference_mode(), torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None):
-        assert model_module._triton_inference(x, "auto")
+        assert model_module._fused_inference(x, "auto")
         fused = model_module._layer_norm(norm, x, "auto")
         plain = norm(x)
     assert fused.dtype == plain.dtype and fused.shape == plain.shape
@@ -107,8 +107,8 @@ def test_model_with_the_fused_layer_norm_matches_the_pytorch_ops(monkeypatch, am
     from mambaesr_edge.model import MambaSR
     from mambaesr_edge.presets import get_preset
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     net = MambaSR(get_preset("dvmsr-g1")).cuda().eval()
     for norm in (m for m in net.modules() if isinstance(m, torch.nn.LayerNorm)):  # not the identity init's 1 and 0
@@ -116,11 +116,11 @@ def test_model_with_the_fused_layer_norm_matches_the_pytorch_ops(monkeypatch, am
         torch.nn.init.normal_(norm.bias, 0.0, 0.2)
     x = torch.rand(3, 3, 40, 52, device="cuda")
     with torch.inference_mode(), torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None):
-        assert model_module._triton_inference(x, "auto")
+        assert model_module._fused_inference(x, "auto")
         fused = net(x, scan_impl="triton").float()
         monkeypatch.setattr(model_module, "_layer_norm", lambda norm, tokens, _: norm(tokens))
         plain_norms = net(x, scan_impl="triton").float()
-        monkeypatch.setattr(model_module, "_triton_inference", lambda *_: False)
+        monkeypatch.setattr(model_module, "_fused_inference", lambda *_: False)
         plain = net(x, scan_impl="triton").float()
     tol = 1e-4 if amp is None else 2e-2
     for other in (plain_norms, plain):

@@ -240,3 +240,27 @@ def test_scan_gradient_where_delta_plus_bias_is_zero():
         out.sum().backward()
         grads.append((leaves["delta"].grad, leaves["delta_bias"].grad))
     assert torch.allclose(grads[0][0], grads[1][0], rtol=1e-12) and torch.allclose(grads[0][1], grads[1][1], rtol=1e-12)
+
+
+def test_inference_impl_prefers_the_native_kernel_on_cuda_and_says_why_not(monkeypatch, caplog):
+    """The torch backend's "auto": the native kernel on CUDA when its library loads, else resolve_impl's choice with
+    the reason logged; elsewhere, and for any named impl, resolve_impl."""
+    from mambaesr_edge import scan_cuda
+    from mambaesr_edge.errors import DependencyMissingError
+    from mambaesr_edge.scan import inference_impl, resolve_impl
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    loaded = []
+    monkeypatch.setattr(scan_cuda, "load_library", lambda arch: loaded.append(arch))
+    assert inference_impl("auto", cuda) == "cuda" and loaded == ["sm_90"]
+    assert inference_impl("auto", torch.device("cpu")) == "chunked"
+    assert inference_impl("chunked", cuda) == "chunked"
+
+    def missing(arch):
+        raise DependencyMissingError("the native CUDA scan needs nvcc", hint="install the CUDA toolkit")
+
+    monkeypatch.setattr(scan_cuda, "load_library", missing)
+    with caplog.at_level("WARNING", logger="mambaesr_edge.scan"):
+        assert inference_impl("auto", cuda) == resolve_impl("auto", cuda)
+    assert "needs nvcc" in caplog.text

@@ -105,12 +105,12 @@ def test_triton_scan_on_cuda_bf16():
 
 
 @pytest.mark.gpu
-def test_model_with_triton_matches_chunked_on_cuda():
+def test_model_with_triton_matches_chunked_on_cuda(monkeypatch):
     from mambaesr_edge.model import MambaSR
     from mambaesr_edge.presets import get_preset
 
-    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 convs/matmuls would amplify the scans' 1e-6 differences
-    torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # TF32 would amplify the scans' 1e-6 differences
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     model = MambaSR(get_preset("student", scan_orders=("raster", "column_rev"))).cuda()
     x = torch.rand(2, 3, 24, 20, device="cuda")

@@ -7,7 +7,7 @@ extern "C" {
 int32_t mambaesr_scan_abi_version() { return 2; }
 
 // Bytes of device workspace mambaesr_selective_scan_fwd needs for params' shapes on the current device (its data
-// pointers are not read), written to *bytes; 0 under today's policy. `segments` as there. Returns a cudaError_t value.
+// pointers are not read), written to *bytes; 0 when the policy does not split L. `segments` as there. Returns a cudaError_t value.
 int32_t mambaesr_scan_workspace_bytes(mambaesr::ScanParams const* params, int32_t segments, uint64_t* bytes) {
     if (params == nullptr || bytes == nullptr) return int32_t(cudaErrorInvalidValue);
     size_t need = 0;

@@ -13,7 +13,7 @@
 // `setLoggerFinder` (trtexec --dynamicPlugins=lib.so, IPluginRegistry::loadLibrary). No state is kept between
 // calls beyond the fields: enqueue derives every size and stride from the tensor descriptors it is given.
 // Workspace: getWorkspaceSize declares what the launcher's split policy (selective_scan_segments) needs at most over
-// the profile (0 today: the policy does not split), enqueue hands TensorRT's workspace to the launcher.
+// the profile (it splits small batches only), enqueue hands TensorRT's workspace to the launcher.
 #include <NvInferRuntime.h>
 
 #include <algorithm>

@@ -531,21 +531,27 @@ inline bool valid_params(ScanParams const& p) {
 // POLICY: how many segments launch_selective_scan cuts L into for these shapes, on a GPU of `sms` SMs that holds
 // `blocks_per_sm` blocks of the launcher's kernel each (occupancy API). Host-only arithmetic, no device call.
 //
-// Today 1 always. The split (kPassEndState + kPassReplay, launch_scan_segmented) has been timed on an H100
-// (`python3 tools/scan_variants_gpu.py`, benchmarks/scan_variants_h100.json, default shapes): with the fill-the-GPU
-// count of launch_split's `segments = 0`, the 8-token / 16-channel kernel takes 0.027 ms at batch 1 against 0.222 ms
-// in one pass, 0.156 against 0.224 at batch 8; two segments lose to one pass (batch 8: 0.229, batch 32: 0.485). The
-// measured rule, not yet through the GPU tests and so not switched on here, is
-//     S = sms * blocks_per_sm / (batch * ceil(dim / 16))   when that is at least 4, else 1,
-// and nothing else changes: the workspace (selective_scan_workspace_bytes) follows from this function, and the
-// plugin's getWorkspaceSize takes the largest need over its profile's batch and channel ranges at the longest L, so
-// the need must not fall as L grows (tests/test_csrc.py checks that on a grid).
+// Fill the GPU: S = sms * blocks_per_sm / (batch * ceil(dim / 16)) segments when that is at least kMinSplit, else 1
+// (one pass). Measured on the H100 (benchmarks/scan_variants_h100.json, `python3 tools/scan_variants_gpu.py`,
+// dim 120, N 16, L 4096, the shipped 8-token / 16-channel / 16-warp kernel): batch 1 (S = 16 after the chunk cap)
+// 0.027 ms against 0.222 ms in one pass; batch 8 (S = 4 or 8 by occupancy: 0.156 / 0.161) against 0.224; batch 32
+// (S = 1 or 2: one pass) unchanged, 0.369.
+// Two segments were slower than one pass at both batch 8 (0.229) and 32 (0.485): the second pass re-reads the inputs,
+// so a split pays only when it at least quadruples the blocks. The workspace (selective_scan_workspace_bytes)
+// follows from this function; the plugin's getWorkspaceSize takes the largest need over its profile's batch and
+// channel ranges at the longest L, so the need must not fall as L grows: S does not depend on L, and
+// split_workspace_bytes caps it at one segment per chunk, which only rises with L (tests/test_csrc.py checks both).
+constexpr int kMinSplit = 4;
+
 inline int selective_scan_segments(int batch, int dim, int n_state, int length, int sms, int blocks_per_sm) {
-    (void)batch, (void)dim, (void)n_state, (void)length, (void)sms, (void)blocks_per_sm;
-#ifdef MAMBAESR_TEST_SEGMENTS  // test builds only (tests/test_csrc.py): the plugin's workspace and split path on a GPU
+    (void)n_state, (void)length;
+#ifdef MAMBAESR_TEST_SEGMENTS  // test builds only (tests/test_csrc.py): a forced count through the plugin's workspace
+    (void)batch, (void)dim, (void)sms, (void)blocks_per_sm;
     return MAMBAESR_TEST_SEGMENTS;
 #else
-    return 1;
+    int64_t const blocks = int64_t(batch) * ((dim + 15) / 16);
+    int64_t const fill = int64_t(sms) * std::max(blocks_per_sm, 1) / std::max<int64_t>(blocks, 1);
+    return fill >= kMinSplit ? int(std::min<int64_t>(fill, 1 << 20)) : 1;
 #endif
 }
 
@@ -570,9 +576,9 @@ struct ShippedVariant {
 };
 
 // Calls visit(ShippedVariant<...>{}, sms) with the variant the launcher runs for p's shapes and dtype on the current
-// device. Few blocks (one per SM or fewer: small batches): the chunks' sequence is the critical path, so the longest
-// chunks (16 tokens a lane) and no occupancy target. Many blocks: 8 tokens a lane with 16 warps per SM resident, the
-// fastest measured (benchmarks/scan_native_*.json). Smaller blocks only when N's tiles do not fit otherwise.
+// device: 8 tokens a lane, 16 channels a block, 16 warps per SM resident, the fastest measured at every batch once
+// small batches split L (selective_scan_segments; before the split, 16 tokens a lane won at small batches, where the
+// chunks' sequence was the critical path). Smaller blocks only when N's tiles do not fit otherwise.
 template <typename Visit>
 inline cudaError_t visit_shipped_variant(ScanParams const& p, Visit&& visit) {
     int device = 0, sms = 0, smem_optin = 0;
@@ -580,13 +586,9 @@ inline cudaError_t visit_shipped_variant(ScanParams const& p, Visit&& visit) {
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (err != cudaSuccess) return err;
-    bool const few_blocks = int64_t(p.batch) * ((p.dim + 15) / 16) <= int64_t(sms);
     bool const has_z = p.z != nullptr;
     auto pick = [&](auto dtype) -> cudaError_t {
         using T = decltype(dtype);
-        if (few_blocks && scan_smem_bytes(16, p.n_state, 16, has_z) <= size_t(smem_optin)) {
-            return visit(ShippedVariant<T, 16, 16, 8>{}, sms);
-        }
         if (scan_smem_bytes(16, p.n_state, 8, has_z) <= size_t(smem_optin)) return visit(ShippedVariant<T, 8, 16, 16>{}, sms);
         return visit(ShippedVariant<T, 8, 4, 16>{}, sms);
     };
@@ -624,7 +626,7 @@ inline cudaError_t selective_scan_workspace_query(ScanParams const& p, int segme
 }
 
 // Launches the scan on `stream`. `workspace` (device memory, `workspace_bytes`) may be null/0 when
-// selective_scan_workspace_query gives 0 (today's policy: always). `segments`: 0 = the policy (every shipped caller);
+// selective_scan_workspace_query gives 0 (the policy does not split these shapes). `segments`: 0 = the policy (every shipped caller);
 // > 0 forces that many (tests of the split path). Returns cudaSuccess, cudaErrorInvalidValue for bad parameters, an
 // n_state whose tiles do not fit this GPU's shared memory, or a workspace smaller than the query's bytes; or the
 // launch's error.

@@ -11,9 +11,12 @@ and returned to the caller, so users see why the runtime did what it did.
   On a GPU that tiles on the device (torch on CUDA) the caller passes the model's *measured* peak bytes per LR pixel
   (``device_tiling.measure_bytes_per_pixel``): the tile is then ``GPU_TILE`` and the batch the largest power of two
   up to ``GPU_MAX_BATCH`` whose ``GPU_SAFETY`` x measured working set fits the same budget, so a whole frame's
-  tiles go through the network in one or a few calls. Not whole frames: the scan runs one sequence per (image,
-  channel block) program, so one long sequence leaves most SMs idle (a 960x540 frame is 518,400 sequential steps
-  per program; its tiles in one batch are hundreds of programs of 16,384 steps).
+  tiles go through the network in one or a few calls. Whole frames only where the backend says its scan spreads one
+  long sequence over the device (``BackendInfo.long_sequences``: the native CUDA kernel splits it into segments):
+  the tile is then the largest multiple of ``GPU_TILE`` up to ``GPU_WHOLE_MAX`` whose working set fits, trimmed to
+  each image, so frames up to that side run in one piece with no overlap recomputed. The Triton scan runs one
+  sequence per (image, channel block) program, so there one long sequence leaves most SMs idle (a 960x540 frame is
+  518,400 sequential steps per program; its tiles in one batch are hundreds of programs of 16,384 steps).
 * Out of memory (``shrink_after_oom``): halve the batch down to 1, then halve the tile down to ``MIN_TILE``; only
   then give up with ``BackendOutOfMemoryError``. Shrinking applies to the call (or stream) that hit it: the
   ``Upscaler`` keeps no state between calls, so results never depend on what another thread did.
@@ -45,6 +48,7 @@ __all__ = [
     "estimate_tile_bytes",
     "free_memory_bytes",
     "gpu_batch",
+    "gpu_whole_side",
     "is_out_of_memory",
     "record",
     "shrink_after_oom",
@@ -58,6 +62,10 @@ DEFAULT_OVERLAP = 16
 GPU_TILE = 128  # LR tile on a device-tiling GPU: a 960x540 frame is 45 tiles (x1.42 pixels with overlap 16)
 GPU_MAX_BATCH = 256  # tiles per network call on a GPU: every tile of a 1920x1080 LR frame (170 at GPU_TILE)
 GPU_SAFETY = 2.0  # measured peak bytes per pixel x this (allocator fragmentation, blend buffers, cuBLAS workspaces)
+# Largest LR side run in one piece where the scan splits long sequences: 1920x1080 fits. 4.2 M tokens keep every
+# tensor of one image under 2**31 elements (in_proj's output is 2 x d_inner = 240 per token), which the Triton
+# kernels' 32-bit offsets need.
+GPU_WHOLE_MAX = 2048
 PRECISIONS = ("fp32", "fp16", "bf16")  # bf16: the torch backend on CUDA only
 
 
@@ -152,6 +160,15 @@ def gpu_batch(bytes_per_pixel: float, budget: int | None) -> int:
     return batch
 
 
+def gpu_whole_side(bytes_per_pixel: float, budget: int | None) -> int:
+    """Largest multiple of GPU_TILE <= GPU_WHOLE_MAX whose GPU_SAFETY x measured working set for one side x side
+    image fits ``budget`` (None: unknown, GPU_WHOLE_MAX); 0 when not even GPU_TILE fits."""
+    side = GPU_WHOLE_MAX
+    while side >= GPU_TILE and budget is not None and GPU_SAFETY * bytes_per_pixel * side * side > budget:
+        side -= GPU_TILE
+    return side if side >= GPU_TILE else 0
+
+
 @dataclass(frozen=True)
 class ConfiguredDefaults:
     """The start-up values a device profile or an export bundle sets (None: it sets none) and where they come from;
@@ -178,11 +195,13 @@ def choose_settings(
     model_dims: dict | None = None,
     decisions: list[Decision] | None = None,
     bytes_per_pixel: float | None = None,
+    whole_frames: bool = False,
 ) -> TileSettings:
     """Settings for start-up. ``tile=0`` means the whole image; None means choose. Pure given ``free_bytes``.
 
     ``bytes_per_pixel``: the model's measured peak memory per LR pixel on a device-tiling GPU (None elsewhere):
-    chosen tiles are then ``GPU_TILE`` in batches sized from it (``gpu_batch``)."""
+    chosen tiles are then ``GPU_TILE`` in batches sized from it (``gpu_batch``), or with ``whole_frames`` (the
+    backend's ``long_sequences``) one piece up to ``gpu_whole_side`` per call."""
     dims = model_dims or {}
     configured = defaults or ConfiguredDefaults(source="")
     budget = free_bytes // 2 if free_bytes is not None else None
@@ -204,6 +223,15 @@ def choose_settings(
     elif configured.tile:
         tile_hw = (configured.tile, configured.tile)
         record(decisions, Decision("startup", f"tile {configured.tile}", f"from {configured.source}"))
+    elif bytes_per_pixel is not None and whole_frames and gpu_whole_side(bytes_per_pixel, budget):
+        side = gpu_whole_side(bytes_per_pixel, budget)
+        tile_hw = (side, side)  # trimmed to each image (infer.tile_plan): frames up to side x side run whole
+        chosen_batch = batch or 1
+        free_txt = f"{free_bytes / 2**20:.0f} MiB free" if free_bytes is not None else "free memory unknown"
+        reason = (f"GPU default where the scan splits long sequences: {GPU_SAFETY:g} x the measured {bytes_per_pixel / 1024:.1f} "
+                  f"KiB per LR pixel x {side}x{side} fits in half of {free_txt}")
+        record(decisions, Decision("startup", f"whole frames up to {side}x{side}, batch {chosen_batch}", reason))
+        batch = chosen_batch
     elif bytes_per_pixel is not None and gpu_batch(bytes_per_pixel, budget) >= 1:
         tile_hw = (GPU_TILE, GPU_TILE)
         fitted = gpu_batch(bytes_per_pixel, budget)

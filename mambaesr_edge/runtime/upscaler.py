@@ -95,6 +95,7 @@ class Upscaler:
             model_dims=_model_dims(info),
             decisions=startup,
             bytes_per_pixel=_gpu_bytes_per_pixel(backend, tile, defaults),
+            whole_frames=info.long_sequences,
         )
         self.settings = _fit_token_limit(self.settings, info.max_tokens, startup)
         self.startup_decisions: tuple[Decision, ...] = tuple(startup)

@@ -25,7 +25,10 @@ class BackendInfo:
     largest batch per call a static graph or engine takes (None: any). ``max_tokens``: the largest h*w a dynamic
     graph takes. ``config`` / ``weights_sha256``: the network and the weights it runs, when known (a bare engine
     or an ONNX file without our metadata: None). ``tensor_io``: it also has ``run_tensor(x)`` for tensors on its
-    device, so the runtime tiles and blends there (runtime/device_tiling.py). ``detail``: providers, scan, threads.
+    device, so the runtime tiles and blends there (runtime/device_tiling.py). ``long_sequences``: its scan spreads
+    one long sequence over the whole device (the native CUDA kernel's segments), so a whole frame runs at least as
+    fast per pixel as its tiles: the GPU default is then whole frames (runtime/adapt.py). ``detail``: providers,
+    scan, threads.
     """
 
     name: str
@@ -40,6 +43,7 @@ class BackendInfo:
     source: str = ""
     detail: str = ""
     tensor_io: bool = False
+    long_sequences: bool = False
 
     @property
     def on_cuda(self) -> bool:

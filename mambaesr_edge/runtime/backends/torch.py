@@ -38,7 +38,7 @@ class TorchBackend:
     ) -> None:
         import torch
 
-        from ...scan import resolve_impl
+        from ...scan import inference_impl
 
         if precision not in AUTOCAST_DTYPES:
             raise RuntimeConfigError(f"precision must be fp32, fp16 or bf16, got {precision!r}", hint="use --fp32 or --fp16")
@@ -49,10 +49,11 @@ class TorchBackend:
             raise RuntimeConfigError(f"{precision} with the torch backend needs CUDA", hint="use --fp32 on CPU (fp16 is slower there)")
         self.model = model.to(dev).eval()
         self.device = dev
-        self.scan_impl = scan_impl
+        self.scan_impl = inference_impl(scan_impl or "auto", dev)  # "auto" on CUDA: the native kernel where it builds
         self.info = BackendInfo(
             name="torch", scale=int(model.scale), device=str(dev), precision=precision, config=model.config,
-            weights_sha256=weights_sha256, source=source, detail=f"scan {resolve_impl(scan_impl or 'auto', dev)}", tensor_io=True,
+            weights_sha256=weights_sha256, source=source, detail=f"scan {self.scan_impl}", tensor_io=True,
+            long_sequences=dev.type == "cuda" and self.scan_impl == "cuda",  # the native kernel splits a sequence
         )  # fmt: skip
 
     @classmethod
