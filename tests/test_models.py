@@ -213,9 +213,10 @@ def test_named_models_carry_their_provenance():
         assert provenance["name"] == name and provenance["params"] == MODELS[name].params and provenance["source"]
         if name == "quality":
             continue
-        # the registry says what the file says: cut schedules, nothing selected
-        assert provenance["schedule_completed"] is False and "cut" in MODELS[name].provenance
-        assert f"{provenance['steps']:,}" in MODELS[name].provenance and provenance["val_from_train"] == 0
+        # the registry says what the file says: the schedule run out, the best step on the validation split
+        assert provenance["schedule_completed"] is True and provenance["selected"].endswith("by val_split PSNR")
+        assert f"{provenance['steps']:,}-step cosine" in MODELS[name].provenance and provenance["val_from_train"] == 20
+        assert provenance["run"] in MODELS[name].provenance and provenance["network"] == MODELS[name].network
 
 
 @pytest.mark.parametrize("name", ["fast", "balanced", "quality"])

@@ -15,13 +15,13 @@
 #   cp -r ../shared/datasets/benchmark/Set5 .carry/data/Set5; cp ../shared/weights/dvmsr/team07_DVMSR.pth .carry/weights/
 #
 # The candidates (groups kept of DVMSR's 4; parameter counts by count_parameters; budget <= 424K):
-#   fast      keep 0 3      242,388 params  1,600 steps  (cut at 2,028 steps before: Set5 31.61; target 31.25)
-#   balanced  keep 0 1 3    333,408 params  1,200 steps  (cut at 1,616 steps before: Set5 32.03; target 31.85)
+#   fast      keep 0 3      242,388 params  1,600 steps  (shipped, 2026-12-07: Set5 31.65; target 31.25)
+#   balanced  keep 0 1 3    333,408 params  1,200 steps  (shipped, 2026-12-07: Set5 32.03; target 31.85)
 #   quality   keep 0 1 3    333,408 params  2,400 steps  (the same network on a schedule twice as long; target 32.15;
 #             the other candidate, DVMSR's released weights, 424,428 params, 32.181, needs no training)
 # The step counts fit the session's 30 minutes of device time: the cosine runs out, on a short schedule.
-# Step times on one H100 alone (bf16, Triton scan, batch 32, teacher forward included), estimated from the runs in
-# benchmarks/train_runs: dvmsr-g1 41 ms measured; 2 groups about 70 ms, 3 groups about 90 ms. Runs go one after the
+# Step times on one H100 alone (bf16, Triton scan, batch 32, teacher forward included), measured in the shipped runs
+# (benchmarks/train_runs/named_*): 2 groups 54 ms (595 samples/s), 3 groups 73 ms (440/s). Runs go one after the
 # other: two processes on one GPU time-slice it (no MPS), and side by side each ran at 131 samples/s where one
 # alone ran at 800 (benchmarks/train_runs/dvmsr_g03_kd, dvmsr_g0_kd). Measure first with
 #   python3 benchmarks/train_step.py --presets dvmsr-g1 dvmsr-g2 dvmsr --scans triton --batch 32 --steps 10

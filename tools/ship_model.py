@@ -62,6 +62,7 @@ def run_provenance(run: Path) -> tuple[Path, dict]:
         "val_from_train": train.get("val_from_train", 0),
         "selected": selected,
         "run": run.name,
+        "trained_at_commit": config.get("git", {}).get("commit", "unknown"),
     }
 
 
@@ -87,7 +88,7 @@ def main() -> int:
     params = count_parameters(model)
     if params > PARAM_BUDGET:
         parser.error(f"{args.name}: {params:,} parameters is over the {PARAM_BUDGET:,} budget")
-    provenance.update({"name": args.name, "params": params, "commit": git_commit()})
+    provenance.update({"name": args.name, "network": model_entry.network, "params": params, "shipped_at_commit": git_commit()})
     out = save_weights(model, asset_path(model_entry.weights_file), {PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
     print(f"wrote {out} ({params:,} parameters)")
     print(json.dumps(provenance, indent=2, sort_keys=True))
