@@ -139,8 +139,9 @@ class ResidualGroup(nn.Module):
         out = x
         for block in self.residual_group.blocks:
             out = block(out, height, width, scan_impl)  # (B, L, C)
-        out = _tokens_to_image(out, height, width)  # (B, C, H, W)
-        return _image_to_tokens(self.conv(out)) + x  # (B, L, C)
+        nhwc = _channels_last(x, scan_impl)
+        out = _tokens_to_image(out, height, width, nhwc)  # (B, C, H, W)
+        return _image_to_tokens(self.conv(out), nhwc) + x  # (B, L, C)
 
 
 class _PatchEmbed(nn.Module):
@@ -149,11 +150,23 @@ class _PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
 
 
-def _image_to_tokens(x: torch.Tensor) -> torch.Tensor:
+def _channels_last(x: torch.Tensor, scan_impl: str) -> bool:
+    """Whether the network keeps its images channels-last (NHWC memory, NCHW shape): where the fused kernels run
+    (_fused_inference). Tokens (B, L, C) and images are then views of one another: no transpose copies between the
+    Mamba blocks and the 3x3 convs, residual adds on contiguous operands, and cuDNN gets the NHWC layout its tensor-core
+    kernels use. Elsewhere (CPU, training, export) the plain NCHW layout; the values are the same either way."""
+    return _fused_inference(x, scan_impl)
+
+
+def _image_to_tokens(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    if channels_last:
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])  # (B, H*W, C): a view of NHWC memory
     return x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
 
 
-def _tokens_to_image(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def _tokens_to_image(x: torch.Tensor, height: int, width: int, channels_last: bool = False) -> torch.Tensor:
+    if channels_last:
+        return x.reshape(x.shape[0], height, width, x.shape[2]).permute(0, 3, 1, 2)  # (B, C, H, W) in NHWC memory: a view
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)  # (B, L, C) -> (B, C, H, W)
 
 
@@ -185,14 +198,17 @@ class MambaSR(nn.Module):
     def forward(self, x: torch.Tensor, scan_impl: str | None = None) -> torch.Tensor:
         impl = scan_impl or self.scan_impl
         height, width = x.shape[-2:]
+        nhwc = _channels_last(x, impl)
         x = x - self.mean  # (B, 3, H, W)
+        if nhwc:
+            x = x.contiguous(memory_format=torch.channels_last)  # the convs keep the input's memory format
         feat = self.conv_first(x)  # (B, C, H, W)
-        tokens = _layer_norm(self.patch_embed.norm, _image_to_tokens(feat), impl)  # (B, L, C)
+        tokens = _layer_norm(self.patch_embed.norm, _image_to_tokens(feat, nhwc), impl)  # (B, L, C)
         for group in self.layers:
             tokens = group(tokens, height, width, impl)  # (B, L, C)
-        body = _tokens_to_image(_layer_norm(self.norm_f, tokens, impl), height, width)  # (B, C, H, W)
+        body = _tokens_to_image(_layer_norm(self.norm_f, tokens, impl), height, width, nhwc)  # (B, C, H, W)
         body = self.conv_after_body(body) + feat  # (B, C, H, W)
-        return self.upsample(body) + self.mean  # (B, 3, sH, sW)
+        return (self.upsample(body) + self.mean).contiguous()  # (B, 3, sH, sW), NCHW memory for every caller
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -78,3 +78,25 @@ def test_config_validation_and_json_round_trip():
     with pytest.raises(ConfigError, match="unknown model config fields"):
         ModelConfig.from_dict({"embed_dim": 8, "colour": "red"})
     assert set(PRESETS) == {"dvmsr", "teacher", "student", "dvmsr-g1", "dvmsr-g2", "test"}
+
+
+def test_channels_last_layout_gives_the_same_network(monkeypatch):
+    """The fused CUDA path keeps images channels-last (tokens and images are views of one another); forced on the CPU
+    here, with the plain kernels, it must give the NCHW path's output, returned NCHW-contiguous."""
+    import mambaesr_edge.model as model_module
+
+    torch.manual_seed(0)
+    model = MambaSR(get_preset("dvmsr-g1"), scan_impl="chunked").eval()
+    x = torch.rand(2, 3, 9, 13)
+    with torch.no_grad():
+        plain = model(x)
+        monkeypatch.setattr(model_module, "_channels_last", lambda x, impl: True)
+        nhwc = model(x)
+    torch.testing.assert_close(nhwc, plain, rtol=1e-5, atol=1e-5)
+    assert nhwc.is_contiguous()
+    tokens = torch.rand(2, 9 * 13, 60)
+    image = model_module._tokens_to_image(tokens, 9, 13, True)  # (B, C, H, W) in NHWC memory
+    assert image.is_contiguous(memory_format=torch.channels_last) and image.data_ptr() == tokens.data_ptr()
+    assert torch.equal(image, model_module._tokens_to_image(tokens, 9, 13))
+    back = model_module._image_to_tokens(image, True)
+    assert back.data_ptr() == tokens.data_ptr() and torch.equal(back, tokens)
