@@ -11,15 +11,13 @@ count do not depend on the orders).
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .orders import order_permutation
 from .presets import ModelConfig
-from .scan import resolve_impl, selective_scan
+from .scan import installed, resolve_impl, selective_scan
 from .weights_format import LAYER_NORM_EPS
 
 
@@ -95,7 +93,7 @@ def _fused_inference(x: torch.Tensor, scan_impl: str) -> bool:
     importable, no autograd, nothing tracing or compiling. Elsewhere the PyTorch ops."""
     if x.device.type != "cuda" or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
-    return resolve_impl(scan_impl, x.device) in ("triton", "cuda") and importlib.util.find_spec("triton") is not None
+    return resolve_impl(scan_impl, x.device) in ("triton", "cuda") and installed("triton")
 
 
 def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor, scan_impl: str) -> torch.Tensor:

@@ -46,6 +46,7 @@ Valid inputs: delta >= 0 after bias/softplus and A <= 0 (as in every Mamba model
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -94,12 +95,18 @@ def selective_scan(
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
+@functools.cache
+def installed(package: str) -> bool:
+    """Whether ``package`` can be imported here; asked once per process (resolve_impl runs on every scan call)."""
+    return importlib.util.find_spec(package) is not None
+
+
 def resolve_impl(impl: str, device: torch.device) -> str:
     """Turn "auto" into a concrete implementation name; reject unknown or unavailable ones with a clear error."""
     if impl not in SCAN_IMPLS:
         raise ConfigError(f"unknown scan implementation {impl!r}", hint=f"choose one of {', '.join(SCAN_IMPLS)}")
-    has_mamba_ssm = importlib.util.find_spec("mamba_ssm") is not None
-    has_triton = importlib.util.find_spec("triton") is not None
+    has_mamba_ssm = installed("mamba_ssm")
+    has_triton = installed("triton")
     if impl == "auto":
         if device.type == "cuda" and has_triton:
             return "triton"
