@@ -139,7 +139,8 @@ def inference_impl(impl: str, device: torch.device) -> str:
     the Triton scan: on one H100, 43.6 vs 55.1 ms per 1080p LR frame in 128-tiles (fp32; benchmarks/speed_h100_native.json)
     and, with the whole frames it allows, 64.8 vs 52.2 frames/s through Upscaler.stream at 960x540
     (benchmarks/speed_h100_stream_default.json). Where it cannot be built the reason is logged and resolve_impl's
-    choice (Triton) runs."""
+    choice (Triton) runs. The kernel takes N up to 64 (every model here has 16); a larger N is a named error at the
+    first scan, whose hint is --scan triton."""
     if impl != "auto" or device.type != "cuda":
         return resolve_impl(impl, device)
     from .scan_cuda import load_library

@@ -13,6 +13,7 @@ forward only, so autograd callers get a clear error (use triton or chunked to tr
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 
@@ -21,7 +22,7 @@ import torch
 from .errors import ConfigError, NativeCodeError
 from .native_build import cached_scan_library
 
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 _DTYPES = {torch.float32: 0, torch.float16: 1}
 
 
@@ -54,7 +55,16 @@ def load_library(arch: str) -> ctypes.CDLL:
     lib.mambaesr_cuda_error_string.argtypes = [ctypes.c_int32]
     if lib.mambaesr_scan_abi_version() != _ABI_VERSION:
         raise NativeCodeError("the cached scan library does not match this mambaesr-edge", hint="delete the cache folder")
+    lib.mambaesr_scan_max_states.restype = ctypes.c_int32
+    lib.max_states = lib.mambaesr_scan_max_states()  # the largest N the launcher takes (csrc kMaxStates)
     return lib
+
+
+@functools.cache
+def _arch(device_index: int) -> str:
+    """'sm_XY' of a CUDA device, asked once (cuda_scan runs per scan call; at small batches the host is the bottleneck)."""
+    major, minor = torch.cuda.get_device_capability(device_index)
+    return f"sm_{major}{minor}"
 
 
 def cuda_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False, *,
@@ -88,9 +98,12 @@ def cuda_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus
         C_stride=(ctypes.c_int64 * 3)(*C.stride()), z_stride=(ctypes.c_int64 * 3)(*(z.stride() if z is not None else (0, 0, 0))),
         y_stride=(ctypes.c_int64 * 3)(*y.stride()),
     )
-    major, minor = torch.cuda.get_device_capability(u.device)
-    lib = load_library(f"sm_{major}{minor}")
-    with torch.cuda.device(u.device):
+    lib = load_library(_arch(u.device.index))
+    if A.shape[1] > lib.max_states:
+        raise ConfigError(f"scan impl 'cuda' takes state sizes N up to {lib.max_states}, not {A.shape[1]}",
+                          hint="use --scan triton for this model")
+    on_device = torch.cuda.device(u.device) if u.device.index != torch.cuda.current_device() else contextlib.nullcontext()
+    with on_device:
         nbytes = ctypes.c_uint64(0)
         code = lib.mambaesr_scan_workspace_bytes(ctypes.byref(params), segments, ctypes.byref(nbytes))
         workspace = torch.empty(nbytes.value, device=u.device, dtype=torch.uint8) if code == 0 and nbytes.value else None
@@ -102,6 +115,6 @@ def cuda_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus
         raise NativeCodeError(
             f"the native scan failed to launch: {lib.mambaesr_cuda_error_string(code).decode()} "
             f"(batch {batch}, dim {dim}, L {length}, N {A.shape[1]})",
-            hint="N too large for this GPU's shared memory is the usual cause; use --scan triton",
+            hint="the kernel's shared-memory tiles not fitting this GPU (sm_75: N > 32) is the usual cause; use --scan triton",
         )
     return y

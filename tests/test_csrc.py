@@ -101,6 +101,7 @@ def scan_library(tmp_path_factory) -> ctypes.CDLL:
 
 def test_scan_library_compiles_for_orin_and_hopper(scan_library):
     assert scan_library.mambaesr_scan_abi_version() == _ABI_VERSION  # what scan_cuda.py checks before its first call
+    assert scan_library.mambaesr_scan_max_states() == 64  # N up to 64: 1, 2 or 4 states a lane (csrc/README)
 
 
 # batch, dim, N, L, SMs (Orin Nano 8, Orin AGX 16, H100 132), resident blocks per SM
@@ -125,14 +126,14 @@ def test_shipped_launcher_splits_small_batches_only(scan_library):
         needs = [policy(batch, dim, n_state, length, sms, per_sm) for length in POLICY_GRID[3]]
         assert needs == sorted(needs), (batch, dim, n_state, sms, per_sm)
     assert [policy_segments(batch, 120, 132, 4) for batch in (1, 8, 16, 32)] == [66, 8, 4, 1]
-    assert policy(1, 120, 16, 4096, 132, 4) == split_bytes(1, 120, 16, 4096, 32) > 0  # capped at one per 128-token chunk
+    assert policy(1, 120, 16, 4096, 132, 4) == split_bytes(1, 120, 16, 4096, 64) > 0  # capped at one per 64-token chunk
     assert policy(32, 120, 16, 4096, 132, 4) == 0
 
 
 def split_bytes(batch, dim, n_state, length, segments) -> int:
     """The split's workspace as csrc/README describes it: per batch row and segment, dim x (N end states + 1 sum of
-    delta') floats; at most one segment per 128-token chunk; none when that leaves one segment."""
-    segments = min(segments, -(-length // 128))
+    delta') floats; at most one segment per 64-token chunk; none when that leaves one segment."""
+    segments = min(segments, -(-length // 64))
     return 4 * batch * segments * dim * (n_state + 1) if segments > 1 else 0
 
 
@@ -148,8 +149,9 @@ VARIANTS_SOURCE = Path(__file__).parent.parent / "tools" / "scan_variants.cu"
 
 @pytest.mark.slow
 def test_variant_library_compiles_for_ampere(tmp_path):
-    """tools/scan_variants.cu (every kernel variant: split passes, cp.async, two channels a half-warp, diagnostics) builds
-    for sm_80, the oldest arch with cp.async, and lists its variants, the committed launcher first."""
+    """tools/scan_variants.cu (the shipped kernel's template at other shapes, the token-parallel kernel it replaced with
+    its split passes, cp.async and two-channel variants, diagnostics) builds for sm_80, the oldest arch with cp.async,
+    and lists its variants, the committed launcher first."""
     nvcc = _nvcc_or_skip()
     library = tmp_path / "libscan_variants.so"
     native_build.build(native_build.scan_library_command(library, ["8.0"], nvcc=nvcc, source=VARIANTS_SOURCE), library)
@@ -159,7 +161,7 @@ def test_variant_library_compiles_for_ampere(tmp_path):
     count = loaded.mambaesr_scan_variant_count()
     names = [loaded.mambaesr_scan_variant_name(i).decode() for i in range(count)]
     assert names[0] == "launcher" and len(set(names)) == count
-    assert {name.split()[0] for name in names[1:]} == {"whole", "split", "async", "pair", "diag"}
+    assert {name.split()[0] for name in names[1:]} == {"whole", "split", "async", "pair", "diag", "lanes"}
     assert loaded.mambaesr_scan_variant_name(count) is None
 
 
@@ -203,7 +205,7 @@ def test_cuda_impl_refuses_cpu_tensors():
 
 # ---------------------------------------------------------------- GPU: the kernel through the plugin and the torch op
 
-LENGTHS = [1, 2, 255, 257, 1000, 4097, 20000]  # chunks of 128 or 256 tokens: none a multiple beyond the first
+LENGTHS = [1, 2, 255, 257, 1000, 4097, 20000]  # 64-token chunks (and the old 128 and 256): none a multiple
 OPTION_SETS = [(), ("D",), ("z",), ("bias", "softplus"), ("D", "z", "bias", "softplus")]
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3}
 
@@ -303,6 +305,27 @@ def _check_plugin_enqueue(library: Path, harness: Path, dtype: torch.dtype, fold
             assert torch.isfinite(y).all(), label  # the harness poisons y with NaN first: every element was written
             assert rel_error(y, ref.cpu()) <= TOLERANCE[dtype], label
             assert rel_error(y, truth) <= TOLERANCE[dtype], label
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_cuda_impl_takes_every_state_size_up_to_its_limit(dtype):
+    """N below one lane per state (padded states stay zero), and 2 and 4 states a lane (N 17..64), one pass and split;
+    N past the library's limit is a named error."""
+    from mambaesr_edge.errors import ConfigError
+    from mambaesr_edge.scan_cuda import cuda_scan
+
+    for n_state, length, segments in itertools.product((1, 5, 16, 17, 32, 48, 64), (1, 300, 4097), (0, 3)):
+        inputs = make_inputs(2, 20, length, n_state, seed=n_state * 7 + length + segments, options=OPTION_SETS[-1])
+        truth, ref, on_device = _truth_and_ref(inputs, dtype, "cuda")
+        out = cuda_scan(**_model_layout(on_device), segments=segments)
+        label = f"N={n_state} L={length} segments={segments} {dtype}"
+        assert torch.isfinite(out).all(), label
+        assert rel_error(out, ref) <= TOLERANCE[dtype], label
+        assert rel_error(out.cpu(), truth) <= TOLERANCE[dtype], label
+    inputs = make_inputs(1, 4, 10, 65, seed=0)
+    with pytest.raises(ConfigError, match="up to 64"):
+        cuda_scan(**{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
 
 
 @pytest.mark.gpu

@@ -1,8 +1,9 @@
 """Check and time every native scan kernel variant (tools/scan_variants.cu) in one process on one GPU.
 
-1. Build tools/scan_variants.cu once for this GPU's arch (native_build's nvcc flags): every variant of
-   csrc/selective_scan.cuh, tools/selective_scan_async.cuh and tools/selective_scan_pair.cuh behind one C function, picked by id;
-   id 0 is the committed launcher (`launch_selective_scan`).
+1. Build tools/scan_variants.cu once for this GPU's arch (native_build's nvcc flags): the shipped kernel
+   (csrc/selective_scan.cuh) at several shapes and the token-parallel kernel it replaced (tools/selective_scan_tokens.cuh,
+   with its async and pair variants) behind one C function, picked by id; id 0 is the committed launcher
+   (`launch_selective_scan`).
 2. Correctness, per variant: outputs poisoned with NaN first, then matched against the fp32 `reference` on the GPU
    and the fp64 truth (fp32 rel <= 1e-5, fp16 <= 2e-3) for L = 1, 17, 255, 1000, 4097, 20000 (none a multiple of a
    chunk), delta 1e-4..20, A -1e-3..-100, all 16 flag combinations (D, z, delta_bias, softplus) at L 17 and 1000,
@@ -71,8 +72,8 @@ INVALID_VALUE = 1  # cudaErrorInvalidValue: the variant does not take these inpu
 
 
 def splits(variant: dict) -> bool:
-    """Whether the variant splits L into segments (scan_variants.cu's split, async and pair families)."""
-    return variant["name"].startswith(("split", "async", "pair"))
+    """Whether the variant splits L into segments (scan_variants.cu's split, async, pair and lanes families)."""
+    return variant["name"].startswith(("split", "async", "pair", "lanes"))
 
 
 def diagnostic(variant: dict) -> bool:

@@ -1,8 +1,8 @@
 // Selective scan kernel variant with the next chunk's inputs copied into shared memory while this chunk is computed
-// (cp.async, sm_80+), for measurement against csrc/selective_scan.cuh's register-staged kernel; not package data, not
-// used by `launch_selective_scan` or the plugin (tools/scan_variants.cu reaches it).
+// (cp.async, sm_80+): a variant of the previous, token-parallel kernel (selective_scan_tokens.cuh), for measurement;
+// not package data, not used by `launch_selective_scan` or the plugin (tools/scan_variants.cu reaches it).
 //
-// What differs from selective_scan_fwd_kernel (same contract, work split, shared-memory tile layout and scan steps):
+// What differs from token_scan_kernel (same contract, work split, shared-memory tile layout and scan steps):
 // - Two stages of raw input tiles (u, delta, z, B, C as read: fp32, zero outside the tensor). While chunk k is
 //   scanned from stage k & 1, chunk k + 1 is in flight into stage (k + 1) & 1: memory and arithmetic overlap inside a
 //   block without the kPrefetch variant's registers (which spill at 16 warps a SM).
@@ -12,12 +12,12 @@
 //   would need pairs of elements along each tensor's contiguous dimension (the tile layout would then differ by
 //   layout). On sm_75 the copy is a plain load and store (same results, no overlap).
 // Shared memory per block (floats): 2 stages x (u, delta, [z], B, C) tiles, the y tile, A log2(e), carry, bias.
-// The block-constant prologue (A log2(e), carry, bias) and the y store repeat selective_scan_fwd_kernel's on purpose:
-// moving them into shared device functions changes the shipped kernel's PTX (checked with nvcc -ptx for sm_90: 56
-// to 1,500 more lines), and the shipped kernel is only changed where a GPU run can time it.
+// The block-constant prologue (A log2(e), carry, bias) and the y store repeat token_scan_kernel's on purpose:
+// moving them into shared device functions changed that kernel's PTX (checked with nvcc -ptx for sm_90: 56 to 1,500
+// more lines) when it was the shipped one, and it was only changed where a GPU run could time it.
 #pragma once
 
-#include "../mambaesr_edge/csrc/selective_scan.cuh"
+#include "selective_scan_tokens.cuh"
 
 namespace mambaesr {
 
@@ -46,11 +46,11 @@ __device__ __forceinline__ void copy_wait() {
 }
 
 // This thread's share of rows [row0, row0 + kCpb) x tokens [t0, t0 + kChunk) of batch row b, copied into a raw tile
-// (row r at dst + r * kRow), in the same coalesced walk as load_tile.
+// (row r at dst + r * kRow), in the same coalesced walk as load_token_tile.
 template <int kItems, int kCpb>
 __device__ __forceinline__ void copy_tile_async(float* dst, float const* src, int64_t const* stride, int b, int row0,
     int rows_total, int t0, int length) {
-    TileWalk<kItems, kCpb> const walk(token_fast(stride));
+    TokenTileWalk<kItems, kCpb> const walk(token_fast(stride));
     int64_t const s1 = opaque(stride[1]), s2 = opaque(stride[2]);
     int const row = row0 + walk.row, tok = t0 + walk.tok;
     float const* base = src + b * stride[0] + row * s1 + tok * s2;
@@ -110,7 +110,7 @@ __device__ __forceinline__ void copy_chunk_async(AsyncStage const& st, ScanParam
     copy_commit();
 }
 
-// kPass as selective_scan_fwd_kernel (kPassWhole, or the two passes of a split L with SegmentArgs).
+// kPass as token_scan_kernel (kPassWhole, or the two passes of a split L with SegmentArgs).
 template <int kItems, int kCpb, int kMinWarps, int kPass = kPassWhole>
 __global__ void __launch_bounds__(kCpb * kLanes, kMinWarps * 32 / (kCpb * kLanes))
 selective_scan_async_kernel(ScanParams p, SegmentArgs seg) {
@@ -208,7 +208,7 @@ selective_scan_async_kernel(ScanParams p, SegmentArgs seg) {
         }
         __syncthreads();  // y complete; this stage's readers done before the next iteration's copies reuse it
         if (kOutput) {
-            TileWalk<kItems, kCpb> const walk(token_fast(p.y_stride));
+            TokenTileWalk<kItems, kCpb> const walk(token_fast(p.y_stride));
             int64_t const s1 = opaque(p.y_stride[1]), s2 = opaque(p.y_stride[2]);
             int const row = c0 + walk.row, tok = t0 + walk.tok;
             float* y_base = static_cast<float*>(p.y) + b * p.y_stride[0] + row * s1 + tok * s2;
@@ -233,7 +233,7 @@ selective_scan_async_kernel(ScanParams p, SegmentArgs seg) {
     }
 }
 
-// Launches the async variant for fp32 activations; L split as launch_scan_segmented (segments 0 = fill the GPU,
+// Launches the async variant for fp32 activations; L split as launch_token_scan_segmented (segments 0 = fill the GPU,
 // 1 = one pass). cudaErrorInvalidValue for fp16 activations or tiles beyond this GPU's shared memory.
 template <int kItems, int kCpb, int kMinWarps>
 inline cudaError_t launch_scan_async(ScanParams const& p, int segments, void* workspace, size_t workspace_bytes,

@@ -1,19 +1,20 @@
-// Selective scan kernel variant with two channels per half-warp, for measurement against selective_scan.cuh's kernel
-// (one channel per half-warp); not package data, not used by `launch_selective_scan` or the plugin (tools/scan_variants.cu).
+// Selective scan kernel variant with two channels per half-warp: a variant of the previous, token-parallel kernel
+// (selective_scan_tokens.cuh: one channel per half-warp), for measurement; not package data, not used by
+// `launch_selective_scan` or the plugin (tools/scan_variants.cu).
 //
-// What differs from selective_scan_fwd_kernel (same contract, shared-memory tiles, staging and chunk loop):
+// What differs from token_scan_kernel (same contract, shared-memory tiles, staging and chunk loop):
 // - A block of kCpb channels has kCpb / 2 half-warps (kCpb * 8 threads); half-warp q owns channels 2q and 2q + 1.
 //   Each lane scans one state of both channels at a time (two independent chains, as the two states at a time of
 //   the one-channel kernel), so every B and C value it reads from shared memory serves two channels: half the
 //   shared-memory loads of B and C per state and token, and the same registers for the chains.
-// - The staging walks give each thread 2 * kItems elements of every tile (TileWalk with kCpb * 8 threads); the
+// - The staging walks give each thread 2 * kItems elements of every tile (TokenTileWalk with kCpb * 8 threads); the
 //   channel-fast walk then steps 8 tokens, hence kItems <= 8.
-// The block-constant prologue (A log2(e), carry, bias) and the y store repeat selective_scan_fwd_kernel's on purpose:
-// moving them into shared device functions changes the shipped kernel's PTX (checked with nvcc -ptx for sm_90: 56
-// to 1,500 more lines), and the shipped kernel is only changed where a GPU run can time it.
+// The block-constant prologue (A log2(e), carry, bias) and the y store repeat token_scan_kernel's on purpose:
+// moving them into shared device functions changed that kernel's PTX (checked with nvcc -ptx for sm_90: 56 to 1,500
+// more lines) when it was the shipped one, and it was only changed where a GPU run could time it.
 #pragma once
 
-#include "../mambaesr_edge/csrc/selective_scan.cuh"
+#include "selective_scan_tokens.cuh"
 
 namespace mambaesr {
 
@@ -88,13 +89,13 @@ selective_scan_pair_kernel(ScanParams p, SegmentArgs seg) {
     constexpr int kThreads = kCpb * kLanes / 2;
     constexpr int kRow = ChunkShape<kItems>::kRow;
     constexpr int kChunk = ChunkShape<kItems>::kChunk;
-    constexpr int kElems = TileWalk<kItems, kCpb, kThreads>::kElems;  // 2 * kItems
+    constexpr int kElems = TokenTileWalk<kItems, kCpb, kThreads>::kElems;  // 2 * kItems
     constexpr bool kOutput = kPass != kPassEndState;
     extern __shared__ float smem[];
     int const n_state = p.n_state;
     int const bc_parts = (n_state + kCpb - 1) / kCpb;
     bool const has_z = kOutput && p.z != nullptr;
-    float* s_u = smem;                              // the same layout as selective_scan_fwd_kernel's
+    float* s_u = smem;                              // the same layout as token_scan_kernel's
     float* s_dt = s_u + kCpb * kRow;
     float* s_y = s_dt + kCpb * kRow;
     float* s_b = s_y + kCpb * kRow;
@@ -138,23 +139,23 @@ selective_scan_pair_kernel(ScanParams p, SegmentArgs seg) {
         int const t0 = k * kChunk;
         {
             T u[kElems], dtr[kElems], z[kElems], bb[kElems], cc[kElems];  // all loads issued before the first store
-            load_tile<T, kItems, kCpb, kThreads>(u, static_cast<T const*>(p.u), p.u_stride, b, c0, p.dim, t0, p.length);
-            load_tile<T, kItems, kCpb, kThreads>(dtr, static_cast<T const*>(p.delta), p.delta_stride, b, c0, p.dim, t0, p.length);
-            if (has_z) load_tile<T, kItems, kCpb, kThreads>(z, static_cast<T const*>(p.z), p.z_stride, b, c0, p.dim, t0, p.length);
-            load_tile<T, kItems, kCpb, kThreads>(bb, static_cast<T const*>(p.B), p.B_stride, b, 0, n_state, t0, p.length);
-            if (kOutput) load_tile<T, kItems, kCpb, kThreads>(cc, static_cast<T const*>(p.C), p.C_stride, b, 0, n_state, t0, p.length);
-            store_tile<T, kItems, kCpb, kPlain, kThreads>(s_u, u, p.u_stride, c0, p.dim, t0, p.length, nullptr, 0);
-            store_tile<T, kItems, kCpb, kDelta, kThreads>(s_dt, dtr, p.delta_stride, c0, p.dim, t0, p.length, s_bias, p.delta_softplus);
-            if (has_z) store_tile<T, kItems, kCpb, kSilu, kThreads>(s_z, z, p.z_stride, c0, p.dim, t0, p.length, nullptr, 0);
-            store_tile<T, kItems, kCpb, kPlain, kThreads>(s_b, bb, p.B_stride, 0, n_state, t0, p.length, nullptr, 0);
-            if (kOutput) store_tile<T, kItems, kCpb, kPlain, kThreads>(s_c, cc, p.C_stride, 0, n_state, t0, p.length, nullptr, 0);
+            load_token_tile<T, kItems, kCpb, kThreads>(u, static_cast<T const*>(p.u), p.u_stride, b, c0, p.dim, t0, p.length);
+            load_token_tile<T, kItems, kCpb, kThreads>(dtr, static_cast<T const*>(p.delta), p.delta_stride, b, c0, p.dim, t0, p.length);
+            if (has_z) load_token_tile<T, kItems, kCpb, kThreads>(z, static_cast<T const*>(p.z), p.z_stride, b, c0, p.dim, t0, p.length);
+            load_token_tile<T, kItems, kCpb, kThreads>(bb, static_cast<T const*>(p.B), p.B_stride, b, 0, n_state, t0, p.length);
+            if (kOutput) load_token_tile<T, kItems, kCpb, kThreads>(cc, static_cast<T const*>(p.C), p.C_stride, b, 0, n_state, t0, p.length);
+            store_token_tile<T, kItems, kCpb, kPlain, kThreads>(s_u, u, p.u_stride, c0, p.dim, t0, p.length, nullptr, 0);
+            store_token_tile<T, kItems, kCpb, kDelta, kThreads>(s_dt, dtr, p.delta_stride, c0, p.dim, t0, p.length, s_bias, p.delta_softplus);
+            if (has_z) store_token_tile<T, kItems, kCpb, kSilu, kThreads>(s_z, z, p.z_stride, c0, p.dim, t0, p.length, nullptr, 0);
+            store_token_tile<T, kItems, kCpb, kPlain, kThreads>(s_b, bb, p.B_stride, 0, n_state, t0, p.length, nullptr, 0);
+            if (kOutput) store_token_tile<T, kItems, kCpb, kPlain, kThreads>(s_c, cc, p.C_stride, 0, n_state, t0, p.length, nullptr, 0);
 #pragma unroll 1
             for (int part = 1; part < bc_parts; ++part) {
                 int const row0 = part * kCpb;
-                load_tile<T, kItems, kCpb, kThreads>(bb, static_cast<T const*>(p.B), p.B_stride, b, row0, n_state, t0, p.length);
-                if (kOutput) load_tile<T, kItems, kCpb, kThreads>(cc, static_cast<T const*>(p.C), p.C_stride, b, row0, n_state, t0, p.length);
-                store_tile<T, kItems, kCpb, kPlain, kThreads>(s_b + row0 * kRow, bb, p.B_stride, row0, n_state, t0, p.length, nullptr, 0);
-                if (kOutput) store_tile<T, kItems, kCpb, kPlain, kThreads>(s_c + row0 * kRow, cc, p.C_stride, row0, n_state, t0, p.length, nullptr, 0);
+                load_token_tile<T, kItems, kCpb, kThreads>(bb, static_cast<T const*>(p.B), p.B_stride, b, row0, n_state, t0, p.length);
+                if (kOutput) load_token_tile<T, kItems, kCpb, kThreads>(cc, static_cast<T const*>(p.C), p.C_stride, b, row0, n_state, t0, p.length);
+                store_token_tile<T, kItems, kCpb, kPlain, kThreads>(s_b + row0 * kRow, bb, p.B_stride, row0, n_state, t0, p.length, nullptr, 0);
+                if (kOutput) store_token_tile<T, kItems, kCpb, kPlain, kThreads>(s_c + row0 * kRow, cc, p.C_stride, row0, n_state, t0, p.length, nullptr, 0);
             }
         }
         __syncthreads();
@@ -199,7 +200,7 @@ selective_scan_pair_kernel(ScanParams p, SegmentArgs seg) {
         }
         __syncthreads();
         if (kOutput) {
-            TileWalk<kItems, kCpb, kThreads> const walk(token_fast(p.y_stride));
+            TokenTileWalk<kItems, kCpb, kThreads> const walk(token_fast(p.y_stride));
             int64_t const s1 = opaque(p.y_stride[1]), s2 = opaque(p.y_stride[2]);
             int const row = c0 + walk.row, tok = t0 + walk.tok;
             T* y_base = static_cast<T*>(p.y) + b * p.y_stride[0] + row * s1 + tok * s2;
@@ -228,7 +229,7 @@ selective_scan_pair_kernel(ScanParams p, SegmentArgs seg) {
     }
 }
 
-// launch_split for the pair kernel (kCpb channels = kCpb / 2 half-warps a block; segments as launch_scan_segmented).
+// launch_split for the pair kernel (kCpb channels = kCpb / 2 half-warps a block; segments as launch_token_scan_segmented).
 template <typename T, int kItems, int kCpb, int kMinWarps>
 inline cudaError_t launch_scan_pair(ScanParams const& p, int segments, void* workspace, size_t workspace_bytes,
     cudaStream_t stream) {
@@ -236,7 +237,7 @@ inline cudaError_t launch_scan_pair(ScanParams const& p, int segments, void* wor
     return launch_split(selective_scan_pair_kernel<T, kItems, kCpb, kMinWarps, kPassWhole>,
                         selective_scan_pair_kernel<T, kItems, kCpb, kMinWarps, kPassEndState>,
                         selective_scan_pair_kernel<T, kItems, kCpb, kMinWarps, kPassReplay>, p, kCpb,
-                        kCpb * kLanes / 2, ChunkShape<kItems>::kChunk, scan_smem_bytes(kCpb, p.n_state, kItems, p.z != nullptr), segments,
+                        kCpb * kLanes / 2, ChunkShape<kItems>::kChunk, token_scan_smem_bytes(kCpb, p.n_state, kItems, p.z != nullptr), segments,
                         workspace, workspace_bytes, stream);
 }
 

@@ -4,7 +4,10 @@
 extern "C" {
 
 // Bumped whenever ScanParams or an entry point's signature changes; scan_cuda.py checks it before the first call.
-int32_t mambaesr_scan_abi_version() { return 2; }
+int32_t mambaesr_scan_abi_version() { return 3; }
+
+// The largest N (state size) the launcher takes (kMaxStates); larger N is refused with cudaErrorInvalidValue.
+int32_t mambaesr_scan_max_states() { return mambaesr::kMaxStates; }
 
 // Bytes of device workspace mambaesr_selective_scan_fwd needs for params' shapes on the current device (its data
 // pointers are not read), written to *bytes; 0 when the policy does not split L. `segments` as there. Returns a cudaError_t value.
