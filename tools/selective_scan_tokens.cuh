@@ -34,6 +34,26 @@
 
 namespace mambaesr {
 
+// prepare_split, then launch_segments; `segments` = 0 picks as many as fill every resident block slot of the GPU
+// (occupancy API) when batch x channel blocks do not. For the measuring tools (every kernel family of
+// tools/scan_variants.cu, the shipped template at other shapes included); the shipped launcher caches what this asks
+// the driver (csrc/selective_scan.cuh, shipped_device).
+inline cudaError_t launch_split(ScanKernel whole, ScanKernel pass1, ScanKernel pass2, ScanParams const& p, int cpb,
+    int threads, int chunk, size_t smem, int segments, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+    cudaError_t err = prepare_split(whole, pass1, pass2, smem);
+    if (err != cudaSuccess) return err;
+    if (segments <= 0) {
+        int device = 0, sms = 0, per_sm = 0;
+        err = cudaGetDevice(&device);
+        if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+        if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pass2, threads, smem);
+        if (err != cudaSuccess) return err;
+        int64_t const base_blocks = int64_t(p.batch) * ((p.dim + cpb - 1) / cpb);
+        segments = int(std::max<int64_t>(1, int64_t(sms) * std::max(per_sm, 1) / base_blocks));
+    }
+    return launch_segments(whole, pass1, pass2, p, cpb, threads, chunk, smem, segments, workspace, workspace_bytes, stream);
+}
+
 constexpr int kLanes = 16;                                // lanes per channel (a half-warp)
 constexpr int kMaxChannelsPerBlock = 16;                  // 8 warps
 constexpr int kMaxThreads = kMaxChannelsPerBlock * kLanes;

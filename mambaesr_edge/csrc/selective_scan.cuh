@@ -403,25 +403,6 @@ inline cudaError_t launch_segments(ScanKernel whole, ScanKernel pass1, ScanKerne
     return cudaGetLastError();
 }
 
-// prepare_split, then launch_segments; `segments` = 0 picks as many as fill every resident block slot of the GPU
-// (occupancy API) when batch x channel blocks do not. For the measuring tools (tools/scan_variants.cu); the shipped
-// launcher caches what this asks the driver (shipped_device).
-inline cudaError_t launch_split(ScanKernel whole, ScanKernel pass1, ScanKernel pass2, ScanParams const& p, int cpb,
-    int threads, int chunk, size_t smem, int segments, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-    cudaError_t err = prepare_split(whole, pass1, pass2, smem);
-    if (err != cudaSuccess) return err;
-    if (segments <= 0) {
-        int device = 0, sms = 0, per_sm = 0;
-        err = cudaGetDevice(&device);
-        if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-        if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pass2, threads, smem);
-        if (err != cudaSuccess) return err;
-        int64_t const base_blocks = int64_t(p.batch) * ((p.dim + cpb - 1) / cpb);
-        segments = int(std::max<int64_t>(1, int64_t(sms) * std::max(per_sm, 1) / base_blocks));
-    }
-    return launch_segments(whole, pass1, pass2, p, cpb, threads, chunk, smem, segments, workspace, workspace_bytes, stream);
-}
-
 inline bool valid_params(ScanParams const& p) {
     return p.batch >= 1 && p.dim >= 1 && p.length >= 1 && p.n_state >= 1 && p.u != nullptr && p.delta != nullptr &&
            p.A != nullptr && p.B != nullptr && p.C != nullptr && p.y != nullptr &&
@@ -471,7 +452,7 @@ inline int selective_scan_segments(int batch, int dim, int n_state, int length, 
 #endif
 }
 
-// Workspace bytes for L cut into `segments` (0 when 1). Segments are capped at one per chunk, as launch_split does.
+// Workspace bytes for L cut into `segments` (0 when 1). Segments are capped at one per chunk, as launch_segments does.
 inline size_t split_workspace_bytes(int batch, int dim, int n_state, int length, int segments) {
     int const capped = std::min(segments, (length + kShippedTokens - 1) / kShippedTokens);
     return capped > 1 ? sizeof(float) * segment_workspace_floats(batch, dim, n_state, capped) : 0;
