@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import struct
 
 import torch
 
@@ -41,16 +42,32 @@ class _ScanParams(ctypes.Structure):
     ]
 
 
+def _packed_format(fields: list) -> str:
+    """A struct-module format of ctypes `fields` in order, from their own type codes (native sizes and alignment, as
+    the C compiler lays the struct out): c_int32 'i', c_void_p 'P', c_int64 * 3 '3q' (or '3l', as ctypes maps it)."""
+    def code(kind) -> str:
+        if issubclass(kind, ctypes.Array):
+            return f"{kind._length_}{kind._type_._type_}"
+        return kind._type_
+
+    return "@" + "".join(code(kind) for _, kind in fields)
+
+
+# _ScanParams as bytes in one C call: at batch 1 the host is the bottleneck, and filling a ctypes Structure with
+# seven stride arrays costs more than the kernel (tests/test_csrc.py checks the bytes match the Structure's).
+PACKED_PARAMS = struct.Struct(_packed_format(_ScanParams._fields_))
+
+
 @functools.cache
 def load_library(arch: str) -> ctypes.CDLL:
     """The scan library for `arch` ('sm_90', ...), built on first use, loaded once per process."""
     lib = ctypes.CDLL(str(cached_scan_library(arch)))
     lib.mambaesr_scan_abi_version.restype = ctypes.c_int32
     lib.mambaesr_selective_scan_fwd.restype = ctypes.c_int32
-    lib.mambaesr_selective_scan_fwd.argtypes = [ctypes.POINTER(_ScanParams), ctypes.c_void_p, ctypes.c_int32,
-                                                ctypes.c_void_p, ctypes.c_uint64]
+    # params go in as PACKED_PARAMS bytes (c_void_p passes a bytes object's buffer; the C side only reads it)
+    lib.mambaesr_selective_scan_fwd.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_uint64]
     lib.mambaesr_scan_workspace_bytes.restype = ctypes.c_int32
-    lib.mambaesr_scan_workspace_bytes.argtypes = [ctypes.POINTER(_ScanParams), ctypes.c_int32, ctypes.POINTER(ctypes.c_uint64)]
+    lib.mambaesr_scan_workspace_bytes.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(ctypes.c_uint64)]
     lib.mambaesr_cuda_error_string.restype = ctypes.c_char_p
     lib.mambaesr_cuda_error_string.argtypes = [ctypes.c_int32]
     if lib.mambaesr_scan_abi_version() != _ABI_VERSION:
@@ -67,6 +84,27 @@ def _arch(device_index: int) -> str:
     return f"sm_{major}{minor}"
 
 
+def _launch_error(lib: ctypes.CDLL, code: int, batch: int, dim: int, length: int, n_state: int) -> NativeCodeError:
+    return NativeCodeError(
+        f"the native scan failed to launch: {lib.mambaesr_cuda_error_string(code).decode()} "
+        f"(batch {batch}, dim {dim}, L {length}, N {n_state})",
+        hint="the kernel's shared-memory tiles not fitting this GPU (sm_75: N > 32) is the usual cause; use --scan triton",
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _workspace_bytes(lib: ctypes.CDLL, device_index: int, dtype_code: int, batch: int, dim: int, length: int, n_state: int,
+                     segments: int) -> int:
+    """Bytes of split workspace the launcher needs for these shapes on the current device (`device_index`), asked
+    once per shape: the policy is a pure function of the shapes and the device's SM count and occupancy."""
+    shapes_only = PACKED_PARAMS.pack(batch, dim, length, n_state, dtype_code, 0, *[0] * 9, *[0] * 20)
+    nbytes = ctypes.c_uint64(0)
+    code = lib.mambaesr_scan_workspace_bytes(shapes_only, segments, ctypes.byref(nbytes))
+    if code != 0:
+        raise _launch_error(lib, code, batch, dim, length, n_state)
+    return nbytes.value
+
+
 def cuda_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False, *,
               segments: int = 0) -> torch.Tensor:
     """The whole selective scan in the native kernel (forward only). Shapes as scan.selective_scan; any strides.
@@ -76,45 +114,42 @@ def cuda_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus
     model's out_proj reads. `segments`: 0 = the launcher's policy (what `selective_scan(impl="cuda")` uses); > 0
     forces L into that many segments (tests of the split path). The split's workspace, when the library asks for one,
     is a tensor of this call on u's device (torch's caching allocator keeps it stream-ordered).
+
+    Lean per call (at batch 1 a 64x64 tile's scan takes ~25 us on the GPU, less than its host work): the parameters
+    go over as one packed struct, the workspace size is asked once per shape, one C call launches.
     """
     if u.device.type != "cuda":
         raise ConfigError("scan impl 'cuda' runs on CUDA tensors only", hint="use --scan chunked on CPU")
-    activations = [t for t in (u, delta, B, C, z) if t is not None]
-    if any(t.requires_grad for t in (*activations, A, D, delta_bias) if t is not None) and torch.is_grad_enabled():
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias)):
         raise ConfigError("scan impl 'cuda' is inference only (no backward)", hint="train with --scan triton or chunked")
-    dtype = u.dtype if u.dtype in _DTYPES and all(t.dtype == u.dtype for t in activations) else torch.float32
-    u, delta, B, C = (t.to(dtype) for t in (u, delta, B, C))
-    z = z.to(dtype) if z is not None else None
+    dtype = u.dtype
+    if dtype not in _DTYPES or any(t.dtype != dtype for t in (delta, B, C, z) if t is not None):
+        dtype = torch.float32
+        u, delta, B, C = (t.float() for t in (u, delta, B, C))
+        z = z.float() if z is not None else None
     A, D, delta_bias = (t.float().contiguous() if t is not None else None for t in (A, D, delta_bias))
     batch, dim, length = u.shape
-    y = torch.empty(batch, length, dim, device=u.device, dtype=dtype).transpose(1, 2)  # (batch, dim, L)
-    params = _ScanParams(
-        batch=batch, dim=dim, length=length, n_state=A.shape[1], dtype=_DTYPES[dtype], delta_softplus=int(delta_softplus),
-        u=u.data_ptr(), delta=delta.data_ptr(), A=A.data_ptr(), B=B.data_ptr(), C=C.data_ptr(),
-        D=D.data_ptr() if D is not None else None, z=z.data_ptr() if z is not None else None,
-        delta_bias=delta_bias.data_ptr() if delta_bias is not None else None, y=y.data_ptr(),
-        u_stride=(ctypes.c_int64 * 3)(*u.stride()), delta_stride=(ctypes.c_int64 * 3)(*delta.stride()),
-        A_stride=(ctypes.c_int64 * 2)(*A.stride()), B_stride=(ctypes.c_int64 * 3)(*B.stride()),
-        C_stride=(ctypes.c_int64 * 3)(*C.stride()), z_stride=(ctypes.c_int64 * 3)(*(z.stride() if z is not None else (0, 0, 0))),
-        y_stride=(ctypes.c_int64 * 3)(*y.stride()),
-    )
-    lib = load_library(_arch(u.device.index))
-    if A.shape[1] > lib.max_states:
-        raise ConfigError(f"scan impl 'cuda' takes state sizes N up to {lib.max_states}, not {A.shape[1]}",
+    n_state = A.shape[1]
+    device = u.device.index
+    lib = load_library(_arch(device))
+    if n_state > lib.max_states:
+        raise ConfigError(f"scan impl 'cuda' takes state sizes N up to {lib.max_states}, not {n_state}",
                           hint="use --scan triton for this model")
-    on_device = torch.cuda.device(u.device) if u.device.index != torch.cuda.current_device() else contextlib.nullcontext()
+    y = torch.empty(batch, length, dim, device=u.device, dtype=dtype).transpose(1, 2)  # (batch, dim, L)
+    params = PACKED_PARAMS.pack(
+        batch, dim, length, n_state, _DTYPES[dtype], int(delta_softplus),
+        u.data_ptr(), delta.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(), D.data_ptr() if D is not None else 0,
+        z.data_ptr() if z is not None else 0, delta_bias.data_ptr() if delta_bias is not None else 0, y.data_ptr(),
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *(z.stride() if z is not None else (0, 0, 0)),
+        *y.stride(),
+    )
+    on_device = torch.cuda.device(device) if device != torch.cuda.current_device() else contextlib.nullcontext()
     with on_device:
-        nbytes = ctypes.c_uint64(0)
-        code = lib.mambaesr_scan_workspace_bytes(ctypes.byref(params), segments, ctypes.byref(nbytes))
-        workspace = torch.empty(nbytes.value, device=u.device, dtype=torch.uint8) if code == 0 and nbytes.value else None
-        if code == 0:
-            code = lib.mambaesr_selective_scan_fwd(
-                ctypes.byref(params), ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), segments,
-                ctypes.c_void_p(workspace.data_ptr() if workspace is not None else None), nbytes.value)
+        nbytes = _workspace_bytes(lib, device, _DTYPES[dtype], batch, dim, length, n_state, segments)
+        workspace = torch.empty(nbytes, device=u.device, dtype=torch.uint8) if nbytes else None
+        stream = torch._C._cuda_getCurrentRawStream(device)  # torch.cuda.current_stream() builds a Stream object: ~7 us
+        code = lib.mambaesr_selective_scan_fwd(params, stream, segments,
+                                               workspace.data_ptr() if workspace is not None else None, nbytes)
     if code != 0:
-        raise NativeCodeError(
-            f"the native scan failed to launch: {lib.mambaesr_cuda_error_string(code).decode()} "
-            f"(batch {batch}, dim {dim}, L {length}, N {A.shape[1]})",
-            hint="the kernel's shared-memory tiles not fitting this GPU (sm_75: N > 32) is the usual cause; use --scan triton",
-        )
+        raise _launch_error(lib, code, batch, dim, length, n_state)
     return y

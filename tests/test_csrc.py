@@ -197,6 +197,19 @@ def test_missing_nvcc_is_a_named_error(monkeypatch, tmp_path):
     assert "CUDA_HOME" in info.value.hint
 
 
+def test_packed_scan_params_are_the_structure_bytes():
+    """cuda_scan sends ScanParams as PACKED_PARAMS bytes (one struct.pack, not a ctypes Structure per call): with a
+    distinct value in every field they equal the ctypes mirror's bytes, the layout the C compiler gives ScanParams."""
+    from mambaesr_edge.scan_cuda import PACKED_PARAMS, _ScanParams
+
+    values = list(range(1, 7)) + [0x1000 * k for k in range(1, 10)] + [-(k + 1) * 3 for k in range(20)]
+    fields, strides = {}, iter(values[15:])
+    for (name, kind), value in zip(_ScanParams._fields_, values, strict=False):
+        fields[name] = value if not issubclass(kind, ctypes.Array) else kind(*(next(strides) for _ in range(kind._length_)))
+    assert PACKED_PARAMS.size == ctypes.sizeof(_ScanParams) == 256
+    assert PACKED_PARAMS.pack(*values) == bytes(_ScanParams(**fields))
+
+
 def test_cuda_impl_refuses_cpu_tensors():
     inputs = _cast(make_inputs(1, 4, 10, 3, seed=0), torch.float32)
     with pytest.raises(ConfigError, match="CUDA tensors only"):

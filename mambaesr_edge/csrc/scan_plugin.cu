@@ -201,7 +201,6 @@ public:
         if (nbInputs != mFields.nb_inputs() || nbOutputs != 1 || inputs[kU].max.nbDims != 3) return 0;
         ScanParams p = shape_params(mFields, inputs[kU].max, inputs[2].max, inputs[kU].desc.type);
         ScanParams const low = shape_params(mFields, inputs[kU].min, inputs[2].min, inputs[kU].desc.type);
-        p.z = mFields.has_z ? &p : nullptr;  // only whether z is given is read
         int32_t const max_batch = p.batch, max_dim = p.dim;
         size_t most = 0;
         for (p.batch = std::max(low.batch, 1); p.batch <= max_batch; ++p.batch) {

@@ -528,8 +528,8 @@ inline cudaError_t shipped_segments(V variant, ScanParams const& p, int forced, 
     return cudaSuccess;
 }
 
-// Workspace bytes launch_selective_scan(p, ..., segments) needs on the current device: p's shapes, dtype and whether
-// z is given are read, its data pointers are not. `segments` as launch_selective_scan's.
+// Workspace bytes launch_selective_scan(p, ..., segments) needs on the current device: p's shapes and dtype are
+// read, its data pointers are not. `segments` as launch_selective_scan's.
 inline cudaError_t selective_scan_workspace_query(ScanParams const& p, int segments, size_t* bytes) {
     *bytes = 0;
     if (p.batch < 1 || p.dim < 1 || p.length < 1 || p.n_state < 1) return cudaErrorInvalidValue;
