@@ -112,8 +112,8 @@ ROUNDS = 4  # cuda and triton alternate within each round, first one then the ot
 
 def bench_network(rows: list) -> None:
     """Per configuration, cuda and triton are timed in ROUNDS alternating rounds and each row keeps the median and every
-    round (at batch 1 the network is host-bound, so the two differ by the host work per call, a few percent, which
-    drifts from minute to minute on a shared host); chunked is timed once."""
+    round (at batch 1 the network is host-bound, so the two differ by their host work per scan call, and host speed
+    drifts from minute to minute on a shared machine); chunked is timed once."""
     model, _ = load_model(scan_impl="chunked")
     model = model.cuda().eval()
     for dtype_name in DTYPES:
