@@ -19,7 +19,7 @@ from typing import BinaryIO
 from .datasets import IMAGE_SUFFIXES
 from .errors import DatasetError
 
-__all__ = ["IMAGE_MAGIC", "Source", "corrupt_archive", "match_images", "open_source"]
+__all__ = ["Source", "corrupt_archive", "match_images", "open_source"]
 
 
 def _safe_parts(name: str, archive: Path) -> tuple[str, ...]:
@@ -242,5 +242,3 @@ def match_images(source: Source, src: str) -> list[tuple[str, ...]]:
                            hint="pass the folder of the one set you mean with --from")
     return sorted(next(iter(folders.values()))) if folders else []
 
-
-IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")

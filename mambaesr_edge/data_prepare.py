@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from .archive_sources import IMAGE_MAGIC, Source, corrupt_archive, match_images, open_source
+from .archive_sources import Source, corrupt_archive, match_images, open_source
 from .datasets import IMAGE_SUFFIXES, find_images
 from .errors import DatasetError
 
@@ -372,6 +372,9 @@ def _unpack(spec: DatasetSpec, root: Path, sources: Mapping[str, Source], force:
     return PreparedDataset(spec.name, target, hr, lr, status)
 
 
+_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")  # image file signatures
+
+
 def _copy_member(src: Source, member: tuple[str, ...], dest: Path) -> None:
     if dest.exists():
         raise DatasetError(f"{src.label} holds two images named {member[-1]} for the same folder",
@@ -379,7 +382,7 @@ def _copy_member(src: Source, member: tuple[str, ...], dest: Path) -> None:
     try:
         with src.open(member) as fin, open(dest, "wb") as fout:
             head = fin.read(1 << 16)
-            if not head.startswith(IMAGE_MAGIC):
+            if not head.startswith(_MAGIC):
                 raise DatasetError(f"{src.label}: {'/'.join(member)} is not an image (unknown header)",
                                    hint="the archive is corrupt; download it again")
             fout.write(head)

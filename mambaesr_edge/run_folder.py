@@ -31,12 +31,18 @@ from .model import MambaSR
 from .weights_format import STEP_KEY
 
 __all__ = [
-    "BEST_WEIGHTS", "FINAL_WEIGHTS", "SPLIT_NAME", "SPLIT_PSNR_KEY", "CheckpointWriteError", "best_so_far", "checkpoint_step",
-    "interrupted_note", "load_checkpoint", "save_checkpoint", "weights_step", "write_bytes", "write_json", "write_weights",
+    "BEST_WEIGHTS", "CONFIG", "EVAL", "FINAL_WEIGHTS", "METRICS", "SPLIT_NAME", "SPLIT_PSNR_KEY", "STATE",
+    "CheckpointWriteError", "best_so_far", "checkpoint_step", "interrupted_note", "load_checkpoint", "save_checkpoint",
+    "weights_step", "write_bytes", "write_json", "write_weights",
 ]
 
 log = logging.getLogger(__name__)
 
+CONFIG = "config.json"  # the run's model and training config (resume reads it)
+METRICS = "metrics.jsonl"  # one row per logged step
+EVAL = "eval.json"  # the run's result: which weights, their step and scores
+CHECKPOINTS = "checkpoints"  # the folder of the last checkpoint
+STATE = f"{CHECKPOINTS}/last_state.pt"  # the checkpoint a resume reads
 BEST_WEIGHTS = "model_best.safetensors"  # the EMA weights of the best validation-split PSNR so far
 FINAL_WEIGHTS = "model_ema.safetensors"  # the EMA weights at the last step
 SPLIT_NAME = "val_split"  # the validation split's name in metrics.jsonl (val_split_psnr) and eval.json
@@ -55,7 +61,7 @@ class CheckpointWriteError(MambaESRError):
 def _write_error(exc: OSError, what: str, run_dir: Path) -> CheckpointWriteError:
     no_room = space_problem(exc)
     problem = no_room[0] if no_room else f"an OS error ({exc.strerror or exc})"
-    kept = "the previous checkpoint there is intact" if (run_dir / "checkpoints" / "last_state.pt").is_file() else "nothing partial was left"
+    kept = "the previous checkpoint there is intact" if (run_dir / STATE).is_file() else "nothing partial was left"
     return CheckpointWriteError(
         f"{problem} while writing {what} in {run_dir}; {kept}",
         hint=(f"{no_room[1]} (or use --out on a larger disk), then continue with: mambaesr-edge train --resume "
@@ -89,9 +95,9 @@ def save_checkpoint(run_dir: Path, model: MambaSR, ema: MambaSR, optimizer, step
     one step; the two .safetensors beside it are its weights for use elsewhere (eval, export). A kill between the
     renames can leave those one checkpoint ahead of the state, never the state half-written.
     """
-    ckpt = run_dir / "checkpoints"
+    ckpt = run_dir / CHECKPOINTS
     meta = {STEP_KEY: str(step)}
-    names = ("last.safetensors", "last_ema.safetensors", "last_state.pt")  # renamed in this order: the state last
+    names = ("last.safetensors", "last_ema.safetensors", Path(STATE).name)  # renamed in this order: the state last
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     tmps = [ckpt / f".{Path(n).stem}{TEMP_MARKER}{token}{Path(n).suffix}" for n in names]
     state = io.BytesIO()
@@ -115,8 +121,8 @@ def _cpu_state(model: MambaSR) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(run_dir: Path, model: MambaSR, ema: MambaSR, optimizer) -> int:
-    ckpt = run_dir / "checkpoints"
-    state = torch.load(ckpt / "last_state.pt", map_location="cpu", weights_only=True)
+    ckpt = run_dir / CHECKPOINTS
+    state = torch.load(run_dir / STATE, map_location="cpu", weights_only=True)
     if "model" in state:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -129,7 +135,7 @@ def load_checkpoint(run_dir: Path, model: MambaSR, ema: MambaSR, optimizer) -> i
     for leftover in [*run_dir.glob(f".*{TEMP_MARKER}*"), *ckpt.glob(f".*{TEMP_MARKER}*")]:
         log.info("removing %s, left by a run that was killed while writing it", leftover)  # a run folder has one writer
         leftover.unlink(missing_ok=True)
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run_dir / METRICS
     if metrics.is_file():  # drop rows after the checkpoint (logged again by the resumed run) and a row cut by a kill
         rows = []
         for line in metrics.read_text().splitlines():
@@ -146,7 +152,7 @@ def load_checkpoint(run_dir: Path, model: MambaSR, ema: MambaSR, optimizer) -> i
 def checkpoint_step(run_dir: Path) -> int | None:
     """The step of the run folder's last complete checkpoint, or None when it has none (or it cannot be read)."""
     try:
-        return int(torch.load(Path(run_dir) / "checkpoints" / "last_state.pt", map_location="cpu", weights_only=True)["step"])
+        return int(torch.load(Path(run_dir) / STATE, map_location="cpu", weights_only=True)["step"])
     except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError):
         return None
 

@@ -143,11 +143,10 @@ def inference_impl(impl: str, device: torch.device) -> str:
     first scan, whose hint is --scan triton."""
     if impl != "auto" or device.type != "cuda":
         return resolve_impl(impl, device)
-    from .scan_cuda import load_library
+    from .scan_cuda import device_arch, load_library
 
     try:
-        major, minor = torch.cuda.get_device_capability(device)
-        load_library(f"sm_{major}{minor}")
+        load_library(device_arch(device.index))
     except MambaESRError as exc:
         fallback = resolve_impl(impl, device)
         log.warning("the native CUDA scan is not available here (%s); the %s scan runs instead", exc, fallback)

@@ -78,8 +78,9 @@ def load_library(arch: str) -> ctypes.CDLL:
 
 
 @functools.cache
-def _arch(device_index: int) -> str:
-    """'sm_XY' of a CUDA device, asked once (cuda_scan runs per scan call; at small batches the host is the bottleneck)."""
+def device_arch(device_index: int | None) -> str:
+    """'sm_XY' of a CUDA device (None: the current one), asked once per device (cuda_scan runs per scan call; at small
+    batches the host is the bottleneck)."""
     major, minor = torch.cuda.get_device_capability(device_index)
     return f"sm_{major}{minor}"
 
@@ -131,7 +132,7 @@ def cuda_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus
     batch, dim, length = u.shape
     n_state = A.shape[1]
     device = u.device.index
-    lib = load_library(_arch(device))
+    lib = load_library(device_arch(device))
     if n_state > lib.max_states:
         raise ConfigError(f"scan impl 'cuda' takes state sizes N up to {lib.max_states}, not {n_state}",
                           hint="use --scan triton for this model")

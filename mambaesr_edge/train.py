@@ -39,9 +39,13 @@ from .model import MambaSR, count_parameters
 from .presets import ModelConfig, get_preset
 from .run_folder import (
     BEST_WEIGHTS,
+    CONFIG,
+    EVAL,
     FINAL_WEIGHTS,
+    METRICS,
     SPLIT_NAME,
     SPLIT_PSNR_KEY,
+    STATE,
     best_so_far,
     load_checkpoint,
     save_checkpoint,
@@ -132,7 +136,7 @@ def git_state() -> dict[str, object]:
 def _build_model(cfg: TrainConfig, resume: Path | None) -> MambaSR:
     """The network to train: the run folder's (resume), the --init file's (with its weights), else the preset's."""
     if resume is not None:
-        config = ModelConfig.from_dict(json.loads((Path(resume) / "config.json").read_text())["model"])
+        config = ModelConfig.from_dict(json.loads((Path(resume) / CONFIG).read_text())["model"])
         return MambaSR(config, scan_impl=cfg.scan_impl)
     if cfg.init_weights:
         init, _ = load_model(cfg.init_weights, scan_impl="reference")
@@ -154,8 +158,8 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 def load_train_config(run_dir: Path, **overrides: object) -> TrainConfig:
     """The TrainConfig a run folder was started with (for --resume), with some fields replaced."""
-    path = Path(run_dir) / "config.json"
-    if not (Path(run_dir) / "checkpoints" / "last_state.pt").is_file():
+    path = Path(run_dir) / CONFIG
+    if not (Path(run_dir) / STATE).is_file():
         raise ConfigError(f"no complete checkpoint in {run_dir}",
                           hint="pass the run folder that holds checkpoints/last_state.pt (a run stopped before its first "
                                "checkpoint cannot resume: delete it and start again)")
@@ -211,7 +215,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
             dist.barrier()  # every rank has checked the folder before rank 0 writes into it
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", {
+        write_json(run_dir / CONFIG, {
             "train": dataclasses.asdict(cfg), "model": json.loads(model.config.to_json()), "params": count_parameters(model),
             "git": git_state(), "world_size": world, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
             "torch": torch.__version__, "amp": amp, "resumed_from_step": start_step,
@@ -222,7 +226,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     forward = torch.compile(net) if cfg.compile else net
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
     power = _power_logger(device) if rank == 0 else None
-    log_file = (run_dir / "metrics.jsonl").open("a") if rank == 0 else None
+    log_file = (run_dir / METRICS).open("a") if rank == 0 else None
     start_time, window_start, samples_seen = time.perf_counter(), time.perf_counter(), 0
     best_psnr = best_so_far(run_dir) if rank == 0 and val_pairs else None
     step = start_step
@@ -344,12 +348,12 @@ def _finish_run(run_dir: Path, ema: MambaSR, cfg: TrainConfig, val_pairs) -> Non
         if cfg.val_dir:
             results.append(evaluate_dataset(model, cfg.val_dir, scale=cfg.scale))
         step = weights_step(run_dir / result_name)
-        write_json(run_dir / "eval.json", {
+        write_json(run_dir / EVAL, {
             "result": result_name, "result_step": step, "selected_by": f"{SPLIT_NAME} PSNR" if result_name == BEST_WEIGHTS else "last step",
             "datasets": {r.name: r.to_dict() for r in results}, "params": count_parameters(model),
         })
         log.info("run result: %s (step %s)", run_dir / result_name, step)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
     try:
         import matplotlib
 

@@ -242,7 +242,7 @@ def test_scan_gradient_where_delta_plus_bias_is_zero():
     assert torch.allclose(grads[0][0], grads[1][0], rtol=1e-12) and torch.allclose(grads[0][1], grads[1][1], rtol=1e-12)
 
 
-def test_inference_impl_prefers_the_native_kernel_on_cuda_and_says_why_not(monkeypatch, caplog):
+def test_inference_impl_prefers_the_native_kernel_on_cuda_and_says_why_not(monkeypatch, caplog, request):
     """The torch backend's "auto": the native kernel on CUDA when its library loads, else resolve_impl's choice with
     the reason logged; elsewhere, and for any named impl, resolve_impl."""
     from mambaesr_edge import scan_cuda
@@ -251,6 +251,8 @@ def test_inference_impl_prefers_the_native_kernel_on_cuda_and_says_why_not(monke
 
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    scan_cuda.device_arch.cache_clear()  # asked once per device: neither this fake nor a real answer carries over
+    request.addfinalizer(scan_cuda.device_arch.cache_clear)
     loaded = []
     monkeypatch.setattr(scan_cuda, "load_library", lambda arch: loaded.append(arch))
     assert inference_impl("auto", cuda) == "cuda" and loaded == ["sm_90"]

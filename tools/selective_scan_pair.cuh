@@ -10,8 +10,9 @@
 // - The staging walks give each thread 2 * kItems elements of every tile (TokenTileWalk with kCpb * 8 threads); the
 //   channel-fast walk then steps 8 tokens, hence kItems <= 8.
 // The block-constant prologue (A log2(e), carry, bias) and the y store repeat token_scan_kernel's on purpose:
-// moving them into shared device functions changed that kernel's PTX (checked with nvcc -ptx for sm_90: 56 to 1,500
-// more lines) when it was the shipped one, and it was only changed where a GPU run could time it.
+// moving them into shared device functions changes that kernel's PTX (checked with nvcc -ptx for sm_90: 56 to 1,500
+// more lines), and these three kernels are kept as the code their recorded timings came from
+// (benchmarks/scan_variants*_h100.json): a refactor would need those runs again.
 #pragma once
 
 #include "selective_scan_tokens.cuh"

@@ -25,7 +25,7 @@ from mambaesr_edge.checkpoint import load_model, save_weights  # noqa: E402
 from mambaesr_edge.model import count_parameters  # noqa: E402
 from mambaesr_edge.models import PARAM_BUDGET, get_model  # noqa: E402
 from mambaesr_edge.resources import asset_path  # noqa: E402
-from mambaesr_edge.run_folder import weights_step  # noqa: E402
+from mambaesr_edge.run_folder import CONFIG, EVAL, FINAL_WEIGHTS, weights_step  # noqa: E402
 from mambaesr_edge.weights_format import PROVENANCE_KEY  # noqa: E402
 
 
@@ -38,10 +38,10 @@ def run_provenance(run: Path) -> tuple[Path, dict]:
     """The run's result weights and what made them (its config.json and eval.json, the weights' step).
 
     A run from before the validation split (eval.json without ``result``) gives its final EMA weights."""
-    config = json.loads((run / "config.json").read_text())
-    result = json.loads((run / "eval.json").read_text())
+    config = json.loads((run / CONFIG).read_text())
+    result = json.loads((run / EVAL).read_text())
     train = config["train"]
-    weights = run / result.get("result", "model_ema.safetensors")
+    weights = run / result.get("result", FINAL_WEIGHTS)
     step = weights_step(weights) or -1
     if "result" in result:
         selected = f"{result['result']} at step {result.get('result_step')} by {result.get('selected_by')}"

@@ -49,7 +49,7 @@ def train_command(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder exactly."),
 ) -> None:
     """Train a network (plain, or distilled from --teacher); same code under torchrun for several GPUs."""
-    from ..run_folder import interrupted_note
+    from ..run_folder import EVAL, interrupted_note
     from ..train import TrainConfig, default_run_name, load_train_config, train
 
     set_torch_threads(global_options(ctx).threads)  # mambaesr-edge --threads N train ...
@@ -75,7 +75,7 @@ def train_command(
             raise
         raise Interrupted(interrupted_note(run_dir)) from None
     console.print(f"run folder: {run_dir}", highlight=False, markup=False)
-    eval_file = run_dir / "eval.json"
+    eval_file = run_dir / EVAL
     if eval_file.is_file():
         report = json.loads(eval_file.read_text())
         if "result" in report:

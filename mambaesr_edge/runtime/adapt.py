@@ -223,8 +223,7 @@ def choose_settings(
     elif configured.tile:
         tile_hw = (configured.tile, configured.tile)
         record(decisions, Decision("startup", f"tile {configured.tile}", f"from {configured.source}"))
-    elif bytes_per_pixel is not None and whole_frames and gpu_whole_side(bytes_per_pixel, budget):
-        side = gpu_whole_side(bytes_per_pixel, budget)
+    elif bytes_per_pixel is not None and whole_frames and (side := gpu_whole_side(bytes_per_pixel, budget)):
         tile_hw = (side, side)  # trimmed to each image (infer.tile_plan): frames up to side x side run whole
         chosen_batch = batch or 1
         free_txt = f"{free_bytes / 2**20:.0f} MiB free" if free_bytes is not None else "free memory unknown"

@@ -53,7 +53,7 @@ class TorchBackend:
         self.info = BackendInfo(
             name="torch", scale=int(model.scale), device=str(dev), precision=precision, config=model.config,
             weights_sha256=weights_sha256, source=source, detail=f"scan {self.scan_impl}", tensor_io=True,
-            long_sequences=dev.type == "cuda" and self.scan_impl == "cuda",  # the native kernel splits a sequence
+            long_sequences=self.scan_impl == "cuda",  # the native kernel (CUDA only) splits a sequence
         )  # fmt: skip
 
     @classmethod
